@@ -1,0 +1,68 @@
+"""Algorithm 1 of Anil et al. (2018), "Large scale distributed neural network training through online distillation".
+
+    for each step s:
+        x, y = this replica's share of this group's batch
+        loss = CE(y, f(x))
+        if s >= burn_in and some teacher copy is loaded:
+            loss += alpha * psi(aggregate(teacher copies' predictions on x), f(x))
+        backward; optimizer step            # gradients averaged over the group's replicas only
+    exchange before step s when s == burn_in or (s > burn_in and s % K == 0)
+
+Exchanges start at the end of burn-in (no bytes move while nobody distills) and then happen every K steps, so a
+teacher copy is at most K steps stale. Hinton's KD is this loss with a fixed teacher; DML is K = 1 with `mean_kl`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codistill.losses import distill_loss
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When distillation is on and when teacher copies are refreshed."""
+
+    enabled: bool  # False for mode=none or a single group: plain (DDP) training
+    burn_in_steps: int
+    exchange_every: int
+
+    def distilling(self, step: int) -> bool:
+        return self.enabled and step >= self.burn_in_steps
+
+    def exchange_before(self, step: int) -> bool:
+        if not self.distilling(step):
+            return False
+        return step == self.burn_in_steps or step % self.exchange_every == 0
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """The step's loss and its two parts, as tensors (read with .item() only at log steps)."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    distill: torch.Tensor
+
+
+def codistill_loss(
+    student: nn.Module,
+    teacher_logits: list[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    psi: str,
+    aggregate: str,
+) -> LossParts:
+    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
+    logits = student(x)
+    ce = F.cross_entropy(logits, y)
+    if not teacher_logits:
+        return LossParts(ce, ce.detach(), torch.zeros((), device=ce.device))
+    distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate)
+    return LossParts(ce + alpha * distill, ce.detach(), distill.detach())

@@ -1,0 +1,178 @@
+"""Typed configuration: the single source of every option and its default.
+
+The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/config.yaml`, so a misspelt key or a
+value of the wrong type fails when the config is composed. `validate` then checks the values that types cannot
+express (ranges, names, divisibility) and raises `ConfigError` with one line that says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one line that says what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """A plain classifier or language model; which fields matter depends on `name`."""
+
+    name: str = "mlp"  # mlp | cnn
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths
+    dropout: float = 0.0  # mlp: dropout after each hidden layer (Hinton's teacher uses 0.5)
+    input_dropout: float = 0.0  # mlp: dropout on the input pixels (Hinton's teacher uses 0.2)
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (each conv+BN+ReLU+pool)
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"  # fashion_mnist | synthetic
+    root: Optional[str] = None  # a directory holding the dataset's files; None = where its package installs them
+    partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
+    eval_batch_size: int = 1000
+    eval_examples: int = 0  # 0 = the whole held-out set
+    # synthetic: a seeded Gaussian-mixture classification task for fast tests
+    num_train: int = 2048
+    num_test: int = 512
+    num_features: int = 32
+    num_classes: int = 10
+
+
+@dataclass
+class DistillConfig:
+    """Which distillation the engine runs. `mode` picks the recipe; the rest are its knobs."""
+
+    mode: str = "codistill"  # none | codistill | dml
+    burn_in_steps: int = 100  # label loss only for the first steps (Alg. 1, first loop)
+    exchange_every: int = 50  # K: refresh teacher copies every K steps
+    alpha: float = 1.0  # weight of the distillation term
+    temperature: float = 1.0  # T; the KL term is multiplied by T^2 so its gradient scale does not depend on T
+    aggregate: str = "mean_probs"  # mean_probs (Anil et al.) | mean_kl (DML)
+    psi: str = "kl"  # kl | logit_mse
+    exchange: str = "collective"  # collective (in-job all-gather); the seam for other transports
+
+
+@dataclass
+class TopologyConfig:
+    mode: str = "auto"  # auto (torchrun when launched by torchrun) | simulated (one process) | torchrun
+    groups: int = 2  # G: number of models trained
+    replicas: Optional[int] = None  # R: data-parallel ranks per group; None = 1 simulated, WORLD_SIZE / G torchrun
+    device: str = "auto"  # auto | cpu | cuda
+    timeout_s: float = 60.0  # process-group timeout: a dead rank ends the job within this bound
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    batch_size: int = 128  # global batch of ONE group; each replica gets batch_size / R
+    eval_every: int = 200  # 0 = only at the end
+    log_every: int = 50
+    deterministic: bool = True  # torch.use_deterministic_algorithms; needed for bit-exact resume
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "codistill"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE or wandb's default
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    run_name: str = "codistill"
+
+
+MODELS = ("mlp", "cnn")
+DATASETS = ("fashion_mnist", "synthetic")
+MODES = ("none", "codistill", "dml")
+AGGREGATES = ("mean_probs", "mean_kl")
+PSIS = ("kl", "logit_mse")
+EXCHANGES = ("collective",)
+PARTITIONS = ("shared", "disjoint")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+TOPOLOGY_MODES = ("auto", "simulated", "torchrun")
+
+
+def register_configs() -> None:
+    """Make the dataclasses the schema that every YAML file in conf/ is checked against."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Any, replicas: int) -> None:
+    """Check every value a type cannot; raise ConfigError naming the key and the fix.
+
+    `replicas` is R as the topology resolved it (from topology.replicas or WORLD_SIZE / G).
+    """
+    m, d, dist, top, opt, tr = cfg.model, cfg.data, cfg.distill, cfg.topology, cfg.optim, cfg.trainer
+    _choice(m.name, MODELS, "model.name")
+    _choice(d.name, DATASETS, "data.name")
+    _choice(d.partition, PARTITIONS, "data.partition")
+    _choice(dist.mode, MODES, "distill.mode")
+    _choice(dist.aggregate, AGGREGATES, "distill.aggregate")
+    _choice(dist.psi, PSIS, "distill.psi")
+    _choice(dist.exchange, EXCHANGES, "distill.exchange")
+    _choice(top.mode, TOPOLOGY_MODES, "topology.mode")
+    _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
+    _choice(opt.name, OPTIMIZERS, "optim.name")
+    _choice(opt.schedule, SCHEDULES, "optim.schedule")
+    _check(top.groups >= 1, f"topology.groups={top.groups} must be >= 1")
+    _check(top.replicas is None or top.replicas >= 1, f"topology.replicas={top.replicas} must be >= 1")
+    _check(top.timeout_s > 0, f"topology.timeout_s={top.timeout_s} must be > 0")
+    _check(dist.temperature > 0, f"distill.temperature={dist.temperature} must be > 0")
+    _check(dist.alpha >= 0, f"distill.alpha={dist.alpha} must be >= 0")
+    _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
+    _check(dist.burn_in_steps >= 0, f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0")
+    _check(
+        dist.mode == "none" or dist.burn_in_steps < tr.max_steps or top.groups == 1,
+        f"distill.burn_in_steps={dist.burn_in_steps} >= trainer.max_steps={tr.max_steps}: the run would never "
+        "distill; lower burn_in_steps or set distill.mode=none",
+    )
+    _check(tr.max_steps >= 1, f"trainer.max_steps={tr.max_steps} must be >= 1")
+    _check(tr.batch_size >= 1, f"trainer.batch_size={tr.batch_size} must be >= 1")
+    _check(
+        tr.batch_size % replicas == 0,
+        f"trainer.batch_size={tr.batch_size} is not divisible by the {replicas} replicas of a group: "
+        "each replica takes an equal share of the group's batch",
+    )
+    _check(tr.log_every >= 1, f"trainer.log_every={tr.log_every} must be >= 1")
+    _check(tr.eval_every >= 0, f"trainer.eval_every={tr.eval_every} must be >= 0")
+    _check(opt.lr > 0, f"optim.lr={opt.lr} must be > 0")
+    _check(opt.weight_decay >= 0, f"optim.weight_decay={opt.weight_decay} must be >= 0")
+    _check(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1")
+    _check(0 <= m.dropout < 1 and 0 <= m.input_dropout < 1, "model.dropout and model.input_dropout must be in [0, 1)")

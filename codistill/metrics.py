@@ -1,0 +1,51 @@
+"""Held-out metrics: per-group loss/accuracy, the ensemble of the groups, and churn between models.
+
+Churn (Anil et al. 2018) measures how reproducible predictions are: between two models, the fraction of held-out
+examples whose top-1 predictions differ, and the mean absolute difference of their predicted probabilities.
+
+Everything is computed as sums (`eval_sums`) so shards evaluated on different ranks add up exactly.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import torch
+
+
+def churn(probs_a: torch.Tensor, probs_b: torch.Tensor) -> tuple[float, float]:
+    """(top-1 disagreement rate, mean |p_a - p_b| summed over classes) between two models' predictions."""
+    top1 = (probs_a.argmax(-1) != probs_b.argmax(-1)).float().mean().item()
+    prob_l1 = (probs_a - probs_b).abs().sum(-1).mean().item()
+    return top1, prob_l1
+
+
+def eval_sums(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """probs [G, N, C], labels [N] -> sums [G + 2, 3] (see `summarise` for the layout)."""
+    groups = probs.shape[0]
+    out = torch.zeros(groups + 2, 3, dtype=torch.float64)
+    nll = lambda p: -torch.log(p.gather(-1, labels[:, None]).squeeze(-1).clamp_min(1e-12)).sum()  # noqa: E731
+    for g in range(groups):
+        out[g, 0] = nll(probs[g])
+        out[g, 1] = (probs[g].argmax(-1) == labels).sum()
+    ensemble = probs.mean(0)
+    out[groups, 0] = nll(ensemble)
+    out[groups, 1] = (ensemble.argmax(-1) == labels).sum()
+    for a, b in combinations(range(groups), 2):
+        out[groups + 1, 0] += (probs[a].argmax(-1) != probs[b].argmax(-1)).sum()
+        out[groups + 1, 1] += (probs[a] - probs[b]).abs().sum()
+    out[:, 2] = len(labels)
+    return out
+
+
+def summarise(sums: torch.Tensor) -> tuple[list[dict], dict]:
+    """Turn reduced sums into per-group records and one run-level record (ensemble, mean pairwise churn)."""
+    groups = sums.shape[0] - 2
+    n = sums[0, 2].item()
+    per_group = [{"eval/loss": sums[g, 0].item() / n, "eval/acc": sums[g, 1].item() / n} for g in range(groups)]
+    run = {"ensemble/loss": sums[groups, 0].item() / n, "ensemble/acc": sums[groups, 1].item() / n}
+    pairs = groups * (groups - 1) // 2
+    if pairs:
+        run["churn/top1"] = sums[groups + 1, 0].item() / (n * pairs)
+        run["churn/prob_l1"] = sums[groups + 1, 1].item() / (n * pairs)
+    return per_group, run

@@ -1,0 +1,185 @@
+"""The G x R layout: which groups and replicas this process runs, its device and its process groups.
+
+One object owns the layout (as torchtitan's ParallelDims does). Ranks are laid out contiguously per group,
+rank = g * R + r, in a 2-D DeviceMesh ("group", "replica"): `mesh["replica"]` is a group's DDP process group and
+`mesh["group"]` joins the ranks holding the same replica index in every group, which is the exchange path (replicas
+of a group are identical, so replica r can fetch peers' parameters from replica r of every other group).
+
+In simulated mode the same layout lives in one process: every group and every replica is local, and there are no
+process groups at all. Everything is validated from the environment before any process group is created.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from codistill.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
+    return all(k in env for k in _TORCHRUN_ENV)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the config and the environment say about the world, checked before anything starts."""
+
+    mode: str  # simulated | torchrun
+    groups: int
+    replicas: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def group(self) -> int:
+        return self.rank // self.replicas
+
+    @property
+    def replica(self) -> int:
+        return self.rank % self.replicas
+
+
+def resolve_layout(cfg: Any, env: Mapping[str, str] = os.environ) -> Layout:
+    """Turn topology config + torchrun's environment into a Layout, or raise a one-line ConfigError."""
+    groups = cfg.groups
+    if groups < 1:
+        raise ConfigError(f"topology.groups={groups} must be >= 1")
+    under_torchrun = launched_by_torchrun(env)
+    mode = cfg.mode if cfg.mode != "auto" else ("torchrun" if under_torchrun else "simulated")
+    if mode == "simulated":
+        if under_torchrun and int(env["WORLD_SIZE"]) > 1:
+            raise ConfigError(
+                "topology.mode=simulated runs in one process, but torchrun started "
+                f"{env['WORLD_SIZE']} processes: launch with plain python or drop topology.mode"
+            )
+        replicas = cfg.replicas if cfg.replicas is not None else 1
+        if replicas < 1:
+            raise ConfigError(f"topology.replicas={replicas} must be >= 1")
+        return Layout("simulated", groups, replicas)
+    if not under_torchrun:
+        raise ConfigError("topology.mode=torchrun needs RANK/WORLD_SIZE/LOCAL_RANK: launch with torchrun")
+    world = int(env["WORLD_SIZE"])
+    if world % groups != 0:
+        raise ConfigError(
+            f"world size {world} is not divisible by topology.groups={groups}: "
+            f"launch G x R processes (e.g. {groups * max(1, world // groups)}) or change topology.groups"
+        )
+    replicas = world // groups
+    if cfg.replicas is not None and cfg.replicas != replicas:
+        raise ConfigError(
+            f"topology.replicas={cfg.replicas} but world size {world} / topology.groups={groups} = {replicas}: "
+            "drop topology.replicas under torchrun or launch groups x replicas processes"
+        )
+    return Layout("torchrun", groups, replicas, int(env["RANK"]), world, int(env["LOCAL_RANK"]))
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("topology.device=cuda but no CUDA device is visible: use topology.device=cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+@dataclass
+class Topology:
+    """The running layout: local groups/replicas, device, and (under torchrun) the mesh's process groups."""
+
+    layout: Layout
+    device: torch.device
+    mesh: Optional[Any] = None
+    _owns_process_group: bool = field(default=False, repr=False)
+
+    @classmethod
+    def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0) -> "Topology":
+        dev = pick_device(device, layout.local_rank)
+        if layout.mode == "simulated":
+            return cls(layout, dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(dev.type, (layout.groups, layout.replicas), mesh_dim_names=("group", "replica"))
+        return cls(layout, dev, mesh, _owns_process_group=True)
+
+    # --- what this process runs -------------------------------------------------------------------------------
+    @property
+    def simulated(self) -> bool:
+        return self.layout.mode == "simulated"
+
+    @property
+    def groups(self) -> int:
+        return self.layout.groups
+
+    @property
+    def replicas(self) -> int:
+        return self.layout.replicas
+
+    @property
+    def local_groups(self) -> list[int]:
+        return list(range(self.groups)) if self.simulated else [self.layout.group]
+
+    @property
+    def local_replicas(self) -> list[int]:
+        return list(range(self.replicas)) if self.simulated else [self.layout.replica]
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: writes metrics.jsonl, the console and the run-level outputs."""
+        return self.layout.rank == 0
+
+    def is_group_leader(self, group: int) -> bool:
+        """Replica 0 of `group` (in this process): writes that group's checkpoints."""
+        return group in self.local_groups and 0 in self.local_replicas
+
+    # --- process groups (None in simulated mode) --------------------------------------------------------------
+    @property
+    def replica_pg(self) -> Optional[dist.ProcessGroup]:
+        return None if self.mesh is None else self.mesh["replica"].get_group()
+
+    @property
+    def group_pg(self) -> Optional[dist.ProcessGroup]:
+        return None if self.mesh is None else self.mesh["group"].get_group()
+
+    def group_leader_rank(self) -> int:
+        """Global rank of replica 0 of this process's group."""
+        return self.layout.group * self.replicas
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over every rank of the world (identity in simulated mode, where every row is local)."""
+        if self.mesh is not None:
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.mesh is not None:
+            dist.barrier()
+
+    def shutdown(self, clean: bool = True) -> None:
+        """Tear the process groups down in an order that cannot abort the process.
+
+        DDP's reducer and pending gloo work hold references into the process group; freeing them before the
+        process group is destroyed (gc.collect) and agreeing that every rank got here (barrier) leaves no
+        background work that could outlive `destroy_process_group`. After a failure the barrier is skipped: the
+        other ranks may be gone, and waiting for them would only delay the exit until the timeout.
+        """
+        gc.collect()
+        if self._owns_process_group and dist.is_initialized():
+            if clean:
+                dist.barrier()
+            dist.destroy_process_group()
+            self._owns_process_group = False

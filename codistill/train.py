@@ -1,0 +1,120 @@
+"""Train G codistilling groups. The same command runs in one process (simulated workers) or under torchrun.
+
+    # one process, 2 groups x 1 replica on the CPU or one GPU (simulated workers)
+    codistill-train trainer.max_steps=600
+    # 2 groups x 2 replicas in one process: numerically the same run as the torchrun line below
+    codistill-train topology.replicas=2
+    # 4 processes on one node: world = G x R = 2 x 2
+    torchrun --standalone --nproc-per-node=4 -m codistill.train topology.groups=2
+    # two nodes (run on each; same --rdzv-id so both write to one run directory)
+    torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HEAD:29500 --rdzv-id=exp1 \\
+        -m codistill.train topology.groups=2
+
+Every option lives in codistill/config.py; `codistill-train --help` lists the config groups and values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from codistill.config import ConfigError, register_configs, validate
+from codistill.data import DataMissingError
+from codistill.reporting import setup_logging
+from codistill.topology import Topology, resolve_layout
+from codistill.trainer import NonFiniteLossError, Trainer
+
+
+def run_id() -> str:
+    """A run id every rank of one launch agrees on (Hydra's default, a timestamp, differs between processes).
+
+    torchrun gives all workers of a job the same TORCHELASTIC_RUN_ID (random under --standalone, --rdzv-id
+    otherwise). Without one, the rendezvous store's address and port are shared by the job's ranks.
+    """
+    rid = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rid != "none":
+        return rid
+    if "MASTER_PORT" in os.environ and "RANK" in os.environ:
+        return f"torchrun-{os.environ.get('MASTER_ADDR', 'local')}-{os.environ['MASTER_PORT']}"
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def output_subdir() -> str | None:
+    """Hydra writes its .hydra/ record of the config once, from global rank 0."""
+    return ".hydra" if os.environ.get("RANK", "0") == "0" else None
+
+
+def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    print(f"codistill: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Validate, start the topology, train, shut down. Returns the final evaluation (on global rank 0)."""
+    try:
+        layout = resolve_layout(cfg.topology)
+        validate(cfg, layout.replicas)
+    except ConfigError as e:
+        fail(str(e))
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    setup_logging(run_dir, layout.rank, console=layout.rank == 0)
+    topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
+    trainer, clean = None, False
+    try:
+        trainer = Trainer(cfg, topo, run_dir)
+        trainer.fit()
+        clean = True
+        return {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
+    except (DataMissingError, NonFiniteLossError, ConfigError) as e:
+        clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
+        fail(str(e))
+    finally:
+        if trainer is not None:
+            trainer.close()
+        del trainer
+        topo.shutdown(clean)
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, to turn a typo or an unknown option into one line.
+
+    Hydra reports composition errors over several lines; here the first line and the offending key suffice.
+    Sweeps and Hydra's own flags are left to Hydra.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(Path(__file__).parent / "conf"), version_base="1.3"):
+            compose("config", overrides=overrides)
+    except Exception as e:  # any composition error: Hydra's own types vary by cause
+        text = str(e) + (f"\n{e.__cause__}" if e.__cause__ else "")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        meta = ("full_key:", "reference_type", "object_type", "To append", "Config search path", "provider=")
+        fail("; ".join(line for line in lines if not line.startswith(meta))[:300] or type(e).__name__)
+
+
+def main() -> None:
+    register_configs()
+    OmegaConf.register_new_resolver("codistill_run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("codistill_output_subdir", output_subdir, replace=True)
+    preflight(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

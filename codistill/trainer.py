@@ -1,0 +1,172 @@
+"""The training loop shared by simulated mode and torchrun: setup, train, save.
+
+    for step in range(max_steps):
+        if schedule.exchange_before(step): exchange()      # refresh every group's teacher copies
+        for worker in local groups: worker.train_step(step)
+        log / evaluate at their intervals
+    save each group's final checkpoint
+
+The two modes differ only inside Topology (which groups/replicas are local), GroupWorker (DDP vs 1/R-scaled
+micro-batches) and the Exchange transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from codistill import checkpoint, metrics
+from codistill.algorithm import Schedule
+from codistill.data import load_dataset
+from codistill.exchange import CollectiveExchange, Exchange, LocalExchange
+from codistill.models import build_model
+from codistill.reporting import MetricsWriter, format_progress
+from codistill.topology import Topology
+from codistill.worker import GroupWorker
+
+log = logging.getLogger("codistill")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: Any, topo: Topology, run_dir: Path) -> None:
+        self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.dataset = load_dataset(cfg.data)
+        self.config_dict = OmegaConf.to_container(cfg, resolve=True)
+        d = cfg.distill
+        self.schedule = Schedule(d.mode != "none" and topo.groups > 1, d.burn_in_steps, d.exchange_every)
+
+        def build(group: int) -> torch.nn.Module:
+            return build_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes)
+
+        self.workers = {g: GroupWorker(g, cfg, topo, self.dataset, build, self.schedule) for g in topo.local_groups}
+        for w in self.workers.values():
+            w.rng.activate()
+        self.exchange: Exchange = (
+            LocalExchange()
+            if topo.simulated
+            else CollectiveExchange(topo.group_pg, [next(iter(self.workers.values())).flattener.numel] * topo.groups)
+        )
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl" if topo.is_main else None)
+        self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)
+        self._window = 0
+        self._clock = (time.perf_counter(), 0)
+        self.final_eval: Optional[tuple[list[dict], dict]] = None
+
+    # --- train ------------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        tr = self.cfg.trainer
+        log.info(
+            "codistill: %d groups x %d replicas (%s, %s), %d steps, distill.mode=%s, run dir %s",
+            self.topo.groups, self.topo.replicas, self.topo.layout.mode, self.topo.device, tr.max_steps,
+            self.cfg.distill.mode, self.run_dir,
+        )
+        for step in range(tr.max_steps):
+            if self.schedule.exchange_before(step):
+                self._exchange(step)
+            for g, w in self.workers.items():
+                self._train_sums[g] += w.train_step(step)
+            self._window += 1
+            done = step + 1
+            last = done == tr.max_steps
+            evaluate = last or (tr.eval_every > 0 and done % tr.eval_every == 0)
+            if last or done % tr.log_every == 0 or evaluate:
+                self._report(done, evaluate)
+        self._save_final(tr.max_steps)
+
+    def _exchange(self, step: int) -> None:
+        local = {g: w.flat_state() for g, w in self.workers.items()}
+        snapshots = self.exchange.exchange(step, local)
+        for g, w in self.workers.items():
+            for peer in w.teachers.models:
+                w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
+        log.debug("exchange at step %d", step)
+
+    # --- log and evaluate ---------------------------------------------------------------------------------------
+    def _report(self, step: int, evaluate: bool) -> None:
+        G = self.topo.groups
+        stats = torch.zeros(G, 5, dtype=torch.float64)
+        stats[:, :3] = self._train_sums.double().cpu() / self._window
+        for g, w in self.workers.items():
+            if self.topo.is_group_leader(g):
+                stats[g, 3] = w.staleness(step)
+                stats[g, 4] = w.lr_schedule.get_last_lr()[0]
+        self.topo.all_reduce_sum(stats)
+        self._train_sums.zero_()
+        self._window = 0
+        records = [
+            {
+                "step": step, "group": g, "train/loss": stats[g, 0].item(), "train/ce": stats[g, 1].item(),
+                "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 3].item()),
+                "lr": stats[g, 4].item(),
+            }
+            for g in range(G)
+        ]
+        if not all(torch.isfinite(stats[:, 0])):
+            bad = [g for g in range(G) if not torch.isfinite(stats[g, 0])]
+            raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}: lower optim.lr")
+        run_record = None
+        if evaluate:
+            per_group, run_record = metrics.summarise(self._eval_sums())
+            for rec, ev in zip(records, per_group):
+                rec.update(ev)
+            run_record = {"step": step, "group": None, **run_record}
+            self.final_eval = (per_group, run_record)
+        for rec in records:
+            self.metrics.write(rec)
+        if run_record is not None:
+            self.metrics.write(run_record)
+        now = time.perf_counter()
+        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
+        self._clock = (now, step)
+        line = format_progress(step, self.cfg.trainer.max_steps, records, rate)
+        if run_record is not None:
+            line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
+        log.info(line)
+
+    def _eval_sums(self) -> torch.Tensor:
+        """Per-group, ensemble and churn sums on the held-out set; under torchrun replica r scores shard r."""
+        n = self.cfg.data.eval_examples or len(self.dataset.test_y)
+        x, y = self.dataset.test_x[:n], self.dataset.test_y[:n]
+        if not self.topo.simulated:
+            r = self.topo.layout.replica
+            x, y = x[r :: self.topo.replicas], y[r :: self.topo.replicas]
+        bs = self.cfg.data.eval_batch_size
+        for w in self.workers.values():
+            w.sync_buffers()
+        local = {g: w.predict_probs(x, bs) for g, w in self.workers.items()}
+        if self.topo.simulated:
+            probs = torch.stack([local[g] for g in range(self.topo.groups)])
+            return metrics.eval_sums(probs, y)
+        ((g, mine),) = local.items()
+        gathered = [torch.empty_like(mine, device=self.topo.device) for _ in range(self.topo.groups)]
+        dist.all_gather(gathered, mine.to(self.topo.device), group=self.topo.group_pg)
+        sums = metrics.eval_sums(torch.stack([t.cpu() for t in gathered]), y).to(self.topo.device)
+        dist.all_reduce(sums, group=self.topo.replica_pg)
+        return sums.cpu()
+
+    # --- save ---------------------------------------------------------------------------------------------------
+    def _save_final(self, step: int) -> None:
+        for g, w in self.workers.items():
+            w.sync_buffers()
+            if self.topo.is_group_leader(g):
+                path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
+                checkpoint.atomic_save(checkpoint.model_checkpoint(w.model, step, g, self.config_dict), path)
+                log.info("group %d: final checkpoint %s", g, path)
+        self.topo.barrier()
+
+    def close(self) -> None:
+        self.metrics.close()
+        for w in self.workers.values():
+            w.release()

@@ -1,0 +1,136 @@
+"""One group's training state in this process: the student, its optimizer, its teacher copies, its batch stream.
+
+Under torchrun a process holds one GroupWorker running one replica, and DDP averages the gradient over the group's
+R ranks. In simulated mode a process holds G workers, each running all R replicas' micro-batches and averaging
+their gradients by scaling each loss by 1/R before backward: the same sum DDP's all-reduce computes. BatchNorm
+follows DDP too: each replica normalises with its own micro-batch statistics, and the running statistics kept are
+replica 0's (DDP broadcasts rank 0's buffers at every forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from codistill.algorithm import Schedule, codistill_loss
+from codistill.data import Dataset, GroupStream
+from codistill.optim import build_optimizer, build_schedule
+from codistill.rng import ReplicaRNG, derive_seed
+from codistill.teachers import StateFlattener, TeacherCopies
+from codistill.topology import Topology
+
+
+class GroupWorker:
+    def __init__(
+        self,
+        group: int,
+        cfg: Any,
+        topo: Topology,
+        dataset: Dataset,
+        build_model: Callable[[int], nn.Module],
+        schedule: Schedule,
+    ) -> None:
+        self.group, self.cfg, self.topo, self.dataset, self.schedule = group, cfg, topo, dataset, schedule
+        self.device = topo.device
+        self.replicas = topo.local_replicas
+        torch.manual_seed(derive_seed(cfg.seed, "init", group))  # same init on every replica of the group
+        self.model = build_model(group).to(self.device)
+        self.flattener = StateFlattener(self.model)
+        self.has_buffers = any(True for _ in self.model.buffers())
+        use_ddp = not topo.simulated and topo.replicas > 1
+        self.module: nn.Module = (
+            DDP(self.model, process_group=topo.replica_pg, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if use_ddp
+            else self.model
+        )
+        self.grad_scale = 1.0 / len(self.replicas)  # DDP already averages over ranks; simulated averages here
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        peers = [p for p in range(topo.groups) if p != group] if schedule.enabled else []
+        self.teachers = TeacherCopies(peers, build_model, self.device)
+        self.stream = GroupStream(
+            len(dataset.train_y), group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
+        )
+        self.rng = ReplicaRNG(cfg.seed, group, self.replicas, self.device)
+
+    # --- Algorithm 1, one step ------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> torch.Tensor:
+        """Run one synchronous step of this group; return [loss, ce, distill] / R summed over local replicas.
+
+        Summed over all R replicas (all ranks of the group under torchrun) this is the group's mean loss.
+        """
+        d = self.cfg.distill
+        self.module.train()
+        distilling = self.schedule.distilling(step)
+        parts_sum = torch.zeros(3, device=self.device)
+        with self._ddp_buffer_semantics() as before_replica:
+            for r in self.replicas:
+                before_replica(r)
+                x, y = self._batch(step, r)
+                teacher_logits = self.teachers.predict(x) if distilling else []
+                with self.rng.use(r):
+                    parts = codistill_loss(self.module, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate)
+                (parts.total * self.grad_scale).backward()
+                parts_sum += torch.stack([parts.total.detach(), parts.ce, parts.distill]) / self.topo.replicas
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return parts_sum
+
+    def _batch(self, step: int, replica: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.batch_indices(step, replica)
+        x = self.dataset.prepare(self.dataset.train_x[idx]).to(self.device, non_blocking=True)
+        return x, self.dataset.train_y[idx].to(self.device, non_blocking=True)
+
+    @contextlib.contextmanager
+    def _ddp_buffer_semantics(self) -> Iterator[Callable[[int], None]]:
+        """In simulated mode with buffers, give every replica the step's starting buffers; keep replica 0's result."""
+        if not (self.topo.simulated and self.has_buffers and len(self.replicas) > 1):
+            yield lambda r: None
+            return
+        buffers = list(self.model.buffers())
+        start = [b.detach().clone() for b in buffers]
+        after_replica0: list[torch.Tensor] = []
+
+        def before_replica(r: int) -> None:
+            if r == 1:
+                after_replica0.extend(b.detach().clone() for b in buffers)
+            if r >= 1:
+                for b, s in zip(buffers, start):
+                    b.copy_(s)
+
+        yield before_replica
+        for b, s in zip(buffers, after_replica0):
+            b.copy_(s)
+
+    # --- exchange, evaluation, checkpoints ------------------------------------------------------------------------
+    def sync_buffers(self) -> None:
+        """Make every replica's buffers replica 0's (DDP only does so at the next forward)."""
+        if self.topo.simulated or self.topo.replicas == 1 or not self.has_buffers:
+            return
+        for b in self.model.buffers():
+            dist.broadcast(b, src=self.topo.group_leader_rank(), group=self.topo.replica_pg)
+
+    def flat_state(self) -> torch.Tensor:
+        self.sync_buffers()
+        return self.flattener.flatten(self.model)
+
+    @torch.no_grad()
+    def predict_probs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        self.model.eval()
+        out = [torch.softmax(self.model(self.dataset.prepare(x[i : i + batch_size]).to(self.device)), -1)
+               for i in range(0, len(x), batch_size)]
+        return torch.cat(out).float().cpu()
+
+    def staleness(self, step: int) -> int:
+        s = self.teachers.staleness(step)
+        return -1 if s is None else s
+
+    def release(self) -> None:
+        """Drop DDP (its reducer holds process-group work) before the process group is destroyed."""
+        self.module = self.model
