@@ -56,14 +56,13 @@ def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F82
     sys.exit(2)
 
 
-def run(cfg: DictConfig) -> dict | None:
+def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Validate, start the topology, train, shut down. Returns the final evaluation (on global rank 0)."""
     try:
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
     except ConfigError as e:
         fail(str(e))
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
     topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
     trainer, clean = None, False
@@ -84,7 +83,7 @@ def run(cfg: DictConfig) -> dict | None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def preflight(argv: list[str]) -> None:

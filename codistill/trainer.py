@@ -40,6 +40,7 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     def __init__(self, cfg: Any, topo: Topology, run_dir: Path) -> None:
         self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.dataset = load_dataset(cfg.data)

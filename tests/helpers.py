@@ -1,0 +1,77 @@
+"""Shared test helpers: compose configs in-process, build trainers, launch real torchrun jobs with timeouts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from codistill.config import register_configs, validate
+from codistill.topology import Topology, resolve_layout
+from codistill.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# Small, fast defaults for tests: synthetic data, tiny MLP.
+FAST = [
+    "data=synthetic",
+    "model.hidden=[32]",
+    "trainer.batch_size=32",
+    "trainer.log_every=5",
+    "trainer.eval_every=0",
+    "data.eval_examples=128",
+]
+
+
+def make_config(overrides: Sequence[str] = ()) -> DictConfig:
+    register_configs()
+    OmegaConf.register_new_resolver("codistill_run_id", lambda: "test", replace=True)
+    OmegaConf.register_new_resolver("codistill_output_subdir", lambda: None, replace=True)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*FAST, *overrides])
+
+
+def make_trainer(overrides: Sequence[str], run_dir: Path) -> Trainer:
+    """A simulated-mode Trainer built in this process (no process group is ever created)."""
+    cfg = make_config(["topology.mode=simulated", *overrides])
+    layout = resolve_layout(cfg.topology, env={})
+    validate(cfg, layout.replicas)
+    return Trainer(cfg, Topology.start(layout, "cpu"), run_dir)
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(args: Sequence[str], timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m codistill.train ARGS` in a fresh process (simulated mode), with a hard timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "codistill.train", *FAST, *args],
+        capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=cwd or REPO,
+    )
+
+
+def run_torchrun(nproc: int, args: Sequence[str], timeout: float = 180, torchrun_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """A real `torchrun --standalone` job of `nproc` CPU processes (gloo), with a hard timeout."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *torchrun_args,
+        "-m", "codistill.train", *FAST, "topology.timeout_s=30", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=REPO)
+
+
+def load_final(run_dir: Path, group: int) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / f"group{group}" / "final.pt", weights_only=True)["model"]
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
