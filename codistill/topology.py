@@ -110,6 +110,13 @@ class Topology:
         if layout.mode == "simulated":
             return cls(layout, dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
+        # (DDP imports it via torch.distributed._shard). Imported after init, those defaults keep the world
+        # process group alive past destroy_process_group, so its gloo threads are only torn down during
+        # interpreter finalisation, racing other static destructors ("terminate called without an active
+        # exception", SIGABRT). Imported now, the defaults are None and destroy really frees the group.
+        import torch.distributed.nn.functional  # noqa: F401
+
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -181,5 +188,7 @@ class Topology:
         if self._owns_process_group and dist.is_initialized():
             if clean:
                 dist.barrier()
+            self.mesh = None
             dist.destroy_process_group()
             self._owns_process_group = False
+            gc.collect()  # join the backend's threads now, not during interpreter shutdown
