@@ -26,7 +26,8 @@ from codistill.algorithm import Schedule
 from codistill.data import load_dataset
 from codistill.exchange import CollectiveExchange, Exchange, LocalExchange
 from codistill.models import build_model
-from codistill.reporting import MetricsWriter, format_progress
+from codistill.loggers import open_sinks
+from codistill.reporting import format_progress
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
 
@@ -59,7 +60,7 @@ class Trainer:
             if topo.simulated
             else CollectiveExchange(topo.group_pg, [next(iter(self.workers.values())).flattener.numel] * topo.groups)
         )
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl" if topo.is_main else None)
+        self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
         self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)
         self._window = 0
         self._clock = (time.perf_counter(), 0)
@@ -161,6 +162,7 @@ class Trainer:
     def _save_final(self, step: int) -> None:
         for g, w in self.workers.items():
             w.sync_buffers()
+            log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint())
             if self.topo.is_group_leader(g):
                 path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
                 checkpoint.atomic_save(checkpoint.model_checkpoint(w.model, step, g, self.config_dict), path)

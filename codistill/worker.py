@@ -10,6 +10,7 @@ replica 0's (DDP broadcasts rank 0's buffers at every forward).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any, Callable, Iterator
 
 import torch
@@ -119,6 +120,13 @@ class GroupWorker:
     def flat_state(self) -> torch.Tensor:
         self.sync_buffers()
         return self.flattener.flatten(self.model)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the parameters' bytes: equal on every replica of a group, different between groups."""
+        digest = hashlib.sha256()
+        for p in self.model.parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @torch.no_grad()
     def predict_probs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""Real torchrun jobs (gloo, CPU): simulated == torchrun, replicas identical, two "nodes" on 127.0.0.1."""
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, FAST, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
+
+# 20+ steps spanning burn-in and several exchanges.
+SCHEDULE = ["trainer.max_steps=24", "distill.burn_in_steps=5", "distill.exchange_every=5", "trainer.eval_every=12"]
+CASES = {
+    # dropout: every replica's random stream must match between the modes
+    "mlp_dropout": ["model.dropout=0.2", "model.input_dropout=0.1"],
+    # BatchNorm on real images: per-replica batch statistics, replica 0's running statistics, buffers exchanged
+    "cnn_batchnorm": ["data=fashion_mnist", "model=cnn", "model.channels=[8,16]", "data.eval_examples=256"],
+}
+
+
+def fingerprints(run_dir: Path) -> dict[int, set[str]]:
+    """Group -> the set of parameter fingerprints its ranks logged at the end of training."""
+    found: dict[int, set[str]] = {}
+    for log in sorted((run_dir / "logs").glob("rank*.log")):
+        for g, fp in re.findall(r"group (\d+) replica\(s\) \[\d+\]: parameter fingerprint (\w+)", log.read_text()):
+            found.setdefault(int(g), set()).add(fp)
+    return found
+
+
+@pytest.mark.torchrun
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_simulated_equals_torchrun(tmp_path: Path, case: str) -> None:
+    args = [*SCHEDULE, *CASES[case]]
+    dist_dir, sim_dir = tmp_path / "torchrun", tmp_path / "simulated"
+    job = run_torchrun(4, [*args, "topology.groups=2", f"hydra.run.dir={dist_dir}"])
+    assert job.returncode == 0, job.stderr[-3000:]
+    sim = run_cli([*args, "topology.groups=2", "topology.replicas=2", f"hydra.run.dir={sim_dir}"])
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    for g in (0, 1):
+        assert max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) < 1e-5
+    # Replicas of a group are bit-identical; the two groups differ.
+    prints = fingerprints(dist_dir)
+    assert sorted(prints) == [0, 1] and all(len(p) == 1 for p in prints.values())
+    assert prints[0] != prints[1]
+    assert len(list((dist_dir / "logs").glob("rank*.log"))) == 4
+    assert (dist_dir / "metrics.jsonl").read_text() and (dist_dir / ".hydra").is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.torchrun
+def test_two_nodes_on_localhost_share_one_run_dir(tmp_path: Path) -> None:
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes", "-m", "codistill.train", *FAST,
+        "trainer.max_steps=12", "distill.burn_in_steps=4", "distill.exchange_every=4", "topology.timeout_s=30",
+        f"hydra.run.dir={tmp_path}/" + "${codistill_run_id:}",
+    ]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO) for _ in range(2)]
+    try:
+        outputs = [n.communicate(timeout=150) for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    for n, (_, err) in zip(nodes, outputs):
+        assert n.returncode == 0, err[-3000:]
+    run_dir = tmp_path / "two-nodes"  # the rendezvous id names the one directory both nodes write to
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    assert (run_dir / "checkpoints" / "group0" / "final.pt").exists()
+    assert (run_dir / "checkpoints" / "group1" / "final.pt").exists()
