@@ -61,8 +61,10 @@ def codistill_loss(
 ) -> LossParts:
     """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
     logits = student(x)
-    ce = F.cross_entropy(logits, y)
+    log_p = F.log_softmax(logits, dim=-1)
+    ce = F.nll_loss(log_p, y)  # cross-entropy, keeping log_p for the soft term at T = 1
     if not teacher_logits:
         return LossParts(ce, ce.detach(), torch.zeros((), device=ce.device))
-    distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate)
+    log_q = log_p if temperature == 1 and psi == "kl" else None
+    distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate, log_q)
     return LossParts(ce + alpha * distill, ce.detach(), distill.detach())

@@ -13,12 +13,23 @@ psi = logit_mse is Ba & Caruana (2014)'s logit regression, 0.5 * ||z - z_teacher
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T, skipping the division (one op per tensor per step) at T = 1."""
+    return logits if temperature == 1 else logits / temperature
+
+
 def kl_to_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    return kl_from_log_probs(F.log_softmax(scaled(student_logits, temperature), dim=-1), target_probs, temperature)
+
+
+def kl_from_log_probs(log_q: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(target || q), batch-averaged, from the student's log-probabilities at T."""
     return F.kl_div(log_q, target_probs, reduction="batchmean") * temperature**2
 
 
@@ -27,18 +38,29 @@ def logit_mse(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torc
 
 
 def distill_loss(
-    student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float, psi: str, aggregate: str
+    student_logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    psi: str,
+    aggregate: str,
+    log_q: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """psi between the student and its teachers, combined by `aggregate`. Teacher logits carry no graph."""
+    """psi between the student and its teachers, combined by `aggregate`. Teacher logits carry no graph.
+
+    `log_q`, the student's log_softmax at T when the caller already has it (the CE's at T = 1), saves recomputing
+    it: every tensor goes through exactly one softmax per step.
+    """
     if psi == "kl":
+        if log_q is None:
+            log_q = F.log_softmax(scaled(student_logits, temperature), dim=-1)
+        probs = [F.softmax(scaled(t, temperature), dim=-1) for t in teacher_logits]
         if aggregate == "mean_probs":
-            target = torch.stack([F.softmax(t / temperature, dim=-1) for t in teacher_logits]).mean(0)
-            return kl_to_probs(student_logits, target, temperature)
-        log_q = F.log_softmax(student_logits / temperature, dim=-1)  # shared by every per-peer term
-        terms = [F.kl_div(log_q, F.softmax(t / temperature, dim=-1), reduction="batchmean") for t in teacher_logits]
-        return torch.stack(terms).mean() * temperature**2
+            target = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+            return kl_from_log_probs(log_q, target, temperature)
+        return torch.stack([kl_from_log_probs(log_q, p, temperature) for p in probs]).mean()
     if psi == "logit_mse":
         if aggregate == "mean_probs":
-            return logit_mse(student_logits, torch.stack(teacher_logits).mean(0))
+            target = teacher_logits[0] if len(teacher_logits) == 1 else torch.stack(teacher_logits).mean(0)
+            return logit_mse(student_logits, target)
         return torch.stack([logit_mse(student_logits, t) for t in teacher_logits]).mean()
     raise ValueError(f"unknown psi {psi!r}")
