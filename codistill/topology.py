@@ -26,6 +26,7 @@ from codistill.config import ConfigError
 log = logging.getLogger(__name__)
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
 
 
 def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
@@ -171,6 +172,15 @@ class Topology:
         if self.mesh is not None:
             dist.all_reduce(t)
         return t
+
+    def check_agree(self, value: str, what: str) -> None:
+        """Raise ConfigError on every rank if the ranks disagree on `value` (e.g. the run directory)."""
+        if self.mesh is None:
+            return
+        values: list[Optional[str]] = [None] * self.layout.world_size
+        dist.all_gather_object(values, value)
+        if len(set(values)) > 1:
+            raise ConfigError(f"ranks disagree on the {what} ({', '.join(sorted(set(map(str, values))))}): {HINTS.get(what, '')}")
 
     def barrier(self) -> None:
         if self.mesh is not None:
