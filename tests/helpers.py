@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from codistill.config import register_configs, validate
+from codistill.compose import compose_config
+from codistill.config import validate
 from codistill.topology import Topology, resolve_layout
 from codistill.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 # Small, fast defaults for tests: synthetic data, tiny MLP.
 FAST = [
     "data=synthetic",
@@ -30,11 +29,7 @@ FAST = [
 
 
 def make_config(overrides: Sequence[str] = ()) -> DictConfig:
-    register_configs()
-    OmegaConf.register_new_resolver("codistill_run_id", lambda: "test", replace=True)
-    OmegaConf.register_new_resolver("codistill_output_subdir", lambda: None, replace=True)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*FAST, *overrides])
+    return compose_config([*FAST, *overrides], run_id="test")
 
 
 def make_trainer(overrides: Sequence[str], run_dir: Path) -> Trainer:
