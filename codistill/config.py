@@ -92,6 +92,8 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE or wandb's default
     tags: list[str] = field(default_factory=list)
+    job_type: str = "train"  # wandb job_type of each group's run
+    plots: bool = True  # write PNG plots from metrics.jsonl at the end of a run (global rank 0)
 
 
 @dataclass
@@ -149,6 +151,11 @@ def validate(cfg: Any, replicas: int) -> None:
     _choice(dist.exchange, EXCHANGES, "distill.exchange")
     _choice(top.mode, TOPOLOGY_MODES, "topology.mode")
     _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
+    _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
+    _check(
+        cfg.logger.mode in (None, "online", "offline", "disabled"),
+        f"logger.mode={cfg.logger.mode!r} is not one of online, offline, disabled",
+    )
     _choice(opt.name, OPTIMIZERS, "optim.name")
     _choice(opt.schedule, SCHEDULES, "optim.schedule")
     _check(top.groups >= 1, f"topology.groups={top.groups} must be >= 1")

@@ -20,13 +20,16 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from codistill.config import ConfigError, register_configs, validate
 from codistill.data import DataMissingError
 from codistill.reporting import setup_logging
-from codistill.topology import Topology, resolve_layout
+from codistill.tools.plot import plot_run_safely
+from codistill.topology import Topology, launched_by_torchrun, resolve_layout
 from codistill.trainer import NonFiniteLossError, Trainer
 
 
@@ -61,6 +64,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     try:
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
+        if dist.is_available() and dist.is_initialized():
+            raise ConfigError(
+                "a process group is already initialised in this process: every run needs a fresh process "
+                "(under torchrun, launch one torchrun per sweep point)"
+            )
     except ConfigError as e:
         fail(str(e))
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
@@ -70,6 +78,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
         trainer = Trainer(cfg, topo, run_dir)
         trainer.fit()
         clean = True
+        if topo.is_main and cfg.logger.plots:
+            plot_run_safely(run_dir)
         return {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
     except (DataMissingError, NonFiniteLossError, ConfigError) as e:
         clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
@@ -83,6 +93,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    if HydraConfig.get().mode == RunMode.MULTIRUN and launched_by_torchrun():
+        fail("--multirun under torchrun would re-initialise the process group in one process: "
+             "launch one torchrun per sweep point, or sweep in simulated mode (see docs/launching.md)")
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

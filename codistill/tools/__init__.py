@@ -1,0 +1,1 @@
+"""Command-line tools around a finished run: plots, evaluation of checkpoints, export for deployment."""
