@@ -30,12 +30,13 @@ class Schedule:
     enabled: bool  # False for mode=none or a single group: plain (DDP) training
     burn_in_steps: int
     exchange_every: int
+    exchanging: bool = True  # False for mode=kd: the teacher is fixed, nothing is exchanged
 
     def distilling(self, step: int) -> bool:
         return self.enabled and step >= self.burn_in_steps
 
     def exchange_before(self, step: int) -> bool:
-        if not self.distilling(step):
+        if not (self.exchanging and self.distilling(step)):
             return False
         return step == self.burn_in_steps or step % self.exchange_every == 0
 
@@ -59,8 +60,13 @@ def codistill_loss(
     psi: str,
     aggregate: str,
 ) -> LossParts:
-    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
+    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions.
+
+    Sequence models' outputs [B, L, V] are scored at every position, as a batch of B * L predictions.
+    """
     logits = student(x)
+    logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    teacher_logits = [t.reshape(-1, t.shape[-1]) for t in teacher_logits]
     log_p = F.log_softmax(logits, dim=-1)
     ce = F.nll_loss(log_p, y)  # cross-entropy, keeping log_p for the soft term at T = 1
     if not teacher_logits:

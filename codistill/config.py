@@ -21,20 +21,25 @@ class ConfigError(ValueError):
 class ModelConfig:
     """A plain classifier or language model; which fields matter depends on `name`."""
 
-    name: str = "mlp"  # mlp | cnn
+    name: str = "mlp"  # mlp | cnn | char_lstm
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths
     dropout: float = 0.0  # mlp: dropout after each hidden layer (Hinton's teacher uses 0.5)
     input_dropout: float = 0.0  # mlp: dropout on the input pixels (Hinton's teacher uses 0.2)
     channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (each conv+BN+ReLU+pool)
+    embedding_dim: int = 64  # char_lstm: width of the character embedding
+    rnn_hidden: int = 256  # char_lstm: LSTM state width
+    rnn_layers: int = 1  # char_lstm: stacked LSTM layers
+    num_classes: Optional[int] = None  # None = the dataset's; when set it must equal the dataset's (checked)
 
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | synthetic
+    name: str = "fashion_mnist"  # fashion_mnist | mnist | kjv_chars | synthetic
     root: Optional[str] = None  # a directory holding the dataset's files; None = where its package installs them
     partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
     eval_batch_size: int = 1000
     eval_examples: int = 0  # 0 = the whole held-out set
+    seq_len: int = 128  # kjv_chars: characters per example (next-character prediction at every position)
     # synthetic: a seeded Gaussian-mixture classification task for fast tests
     num_train: int = 2048
     num_test: int = 512
@@ -46,7 +51,7 @@ class DataConfig:
 class DistillConfig:
     """Which distillation the engine runs. `mode` picks the recipe; the rest are its knobs."""
 
-    mode: str = "codistill"  # none | codistill | dml
+    mode: str = "codistill"  # none | codistill | dml | kd
     burn_in_steps: int = 100  # label loss only for the first steps (Alg. 1, first loop)
     exchange_every: int = 50  # K: refresh teacher copies every K steps
     alpha: float = 1.0  # weight of the distillation term
@@ -54,6 +59,10 @@ class DistillConfig:
     aggregate: str = "mean_probs"  # mean_probs (Anil et al.) | mean_kl (DML)
     psi: str = "kl"  # kl | logit_mse
     exchange: str = "collective"  # collective (in-job all-gather); the seam for other transports
+    # kd: a frozen teacher loaded once from a final.pt this trainer wrote (model + config), or from any state_dict
+    # of the conf/model preset named by teacher_model (which, when set, also overrides the checkpoint's config)
+    teacher_checkpoint: Optional[str] = None
+    teacher_model: Optional[str] = None
 
 
 @dataclass
@@ -99,6 +108,9 @@ class LoggerConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Heterogeneous cohorts: group g trains model_per_group[g], a conf/model preset name or a ModelConfig mapping;
+    # empty = every group trains `model`. See codistill/cohort.py.
+    model_per_group: list[Any] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -109,9 +121,10 @@ class Config:
     run_name: str = "codistill"
 
 
-MODELS = ("mlp", "cnn")
-DATASETS = ("fashion_mnist", "synthetic")
-MODES = ("none", "codistill", "dml")
+MODELS = ("mlp", "cnn", "char_lstm")
+DATASETS = ("fashion_mnist", "mnist", "kjv_chars", "synthetic")
+SEQUENCE_MODELS, SEQUENCE_DATASETS = ("char_lstm",), ("kjv_chars",)  # next-token models need token data and back
+MODES = ("none", "codistill", "dml", "kd")
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
 EXCHANGES = ("collective",)
@@ -143,6 +156,9 @@ def validate(cfg: Any, replicas: int) -> None:
     """
     m, d, dist, top, opt, tr = cfg.model, cfg.data, cfg.distill, cfg.topology, cfg.optim, cfg.trainer
     _choice(m.name, MODELS, "model.name")
+    from codistill import cohort  # imports this module
+
+    cohort.validate(cfg)
     _choice(d.name, DATASETS, "data.name")
     _choice(d.partition, PARTITIONS, "data.partition")
     _choice(dist.mode, MODES, "distill.mode")
@@ -182,4 +198,4 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(opt.lr > 0, f"optim.lr={opt.lr} must be > 0")
     _check(opt.weight_decay >= 0, f"optim.weight_decay={opt.weight_decay} must be >= 0")
     _check(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1")
-    _check(0 <= m.dropout < 1 and 0 <= m.input_dropout < 1, "model.dropout and model.input_dropout must be in [0, 1)")
+    _check(d.seq_len >= 1, f"data.seq_len={d.seq_len} must be >= 1")

@@ -21,7 +21,11 @@ def churn(probs_a: torch.Tensor, probs_b: torch.Tensor) -> tuple[float, float]:
 
 
 def eval_sums(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """probs [G, N, C], labels [N] -> sums [G + 2, 3] (see `summarise` for the layout)."""
+    """probs [G, N, C], labels [N] -> sums [G + 2, 3] (see `summarise` for the layout).
+
+    Sequence predictions [G, N, L, C] with labels [N, L] count each of the N * L positions as an example.
+    """
+    probs, labels = probs.reshape(probs.shape[0], -1, probs.shape[-1]), labels.reshape(-1)
     groups = probs.shape[0]
     out = torch.zeros(groups + 2, 3, dtype=torch.float64)
     nll = lambda p: -torch.log(p.gather(-1, labels[:, None]).squeeze(-1).clamp_min(1e-12)).sum()  # noqa: E731

@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill import checkpoint, metrics
+from codistill import checkpoint, cohort, metrics
 from codistill.algorithm import Schedule
 from codistill.data import load_dataset
 from codistill.exchange import CollectiveExchange, Exchange, LocalExchange
+from codistill.kd import load_teacher
 from codistill.models import build_model
 from codistill.loggers import open_sinks
 from codistill.reporting import format_progress
@@ -47,18 +48,27 @@ class Trainer:
         self.dataset = load_dataset(cfg.data)
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
-        self.schedule = Schedule(d.mode != "none" and topo.groups > 1, d.burn_in_steps, d.exchange_every)
+        kd = d.mode == "kd"
+        self.schedule = Schedule(
+            kd or (d.mode != "none" and topo.groups > 1), d.burn_in_steps, d.exchange_every, exchanging=not kd
+        )
+        models = cohort.group_models(cfg)
+        cohort.check_classes(models, self.dataset.num_classes)
 
         def build(group: int) -> torch.nn.Module:
-            return build_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes)
+            return build_model(models[group], self.dataset.input_shape, self.dataset.num_classes)
 
-        self.workers = {g: GroupWorker(g, cfg, topo, self.dataset, build, self.schedule) for g in topo.local_groups}
+        state_sizes = cohort.state_sizes(build, topo.groups)
+        teacher = load_teacher(d, self.dataset, topo.device) if kd else None  # loaded once, never exchanged
+        self.workers = {
+            g: GroupWorker(g, cfg, topo, self.dataset, build, self.schedule, teachers=teacher) for g in topo.local_groups
+        }
         for w in self.workers.values():
             w.rng.activate()
         self.exchange: Exchange = (
             LocalExchange()
             if topo.simulated
-            else CollectiveExchange(topo.group_pg, [next(iter(self.workers.values())).flattener.numel] * topo.groups)
+            else CollectiveExchange(topo.group_pg, state_sizes)
         )
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
         self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codistill.algorithm import Schedule, codistill_loss
 from codistill.data import Dataset, GroupStream
+from codistill.kd import FixedTeacher
 from codistill.optim import build_optimizer, build_schedule
 from codistill.rng import ReplicaRNG, derive_seed
 from codistill.teachers import StateFlattener, TeacherCopies
@@ -35,7 +36,9 @@ class GroupWorker:
         dataset: Dataset,
         build_model: Callable[[int], nn.Module],
         schedule: Schedule,
+        teachers: Optional[FixedTeacher] = None,
     ) -> None:
+        """`teachers`: a fixed teacher source (mode=kd) used instead of exchanged copies of the peers."""
         self.group, self.cfg, self.topo, self.dataset, self.schedule = group, cfg, topo, dataset, schedule
         self.device = topo.device
         self.replicas = topo.local_replicas
@@ -53,7 +56,7 @@ class GroupWorker:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         peers = [p for p in range(topo.groups) if p != group] if schedule.enabled else []
-        self.teachers = TeacherCopies(peers, build_model, self.device)
+        self.teachers = teachers if teachers is not None else TeacherCopies(peers, build_model, self.device)
         self.stream = GroupStream(
             len(dataset.train_y), group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
         )

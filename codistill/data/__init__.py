@@ -14,6 +14,14 @@ def load_dataset(cfg: Any) -> Dataset:
         from codistill.data import fashion_mnist
 
         return fashion_mnist.load(cfg.root)
+    if cfg.name == "mnist":
+        from codistill.data import mnist
+
+        return mnist.load(cfg.root)
+    if cfg.name == "kjv_chars":
+        from codistill.data import kjv_chars
+
+        return kjv_chars.load(cfg.root, cfg.seq_len)
     if cfg.name == "synthetic":
         from codistill.data import synthetic
 

@@ -28,9 +28,14 @@ class Dataset:
     input_shape: tuple[int, ...]  # shape of one example after `prepare`
     mean: float = 0.0
     std: float = 1.0
+    # Sequence data (a language model's): an example is L token ids and its label the L next tokens, so a model's
+    # output is [B, L, num_classes]; losses and metrics score every position.
+    sequence: bool = False
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Stored examples -> model inputs (float, standardised)."""
+        """Stored examples -> model inputs (float, standardised; token ids pass through)."""
+        if self.sequence:
+            return x
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         return (x - self.mean) / self.std

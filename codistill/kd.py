@@ -1,0 +1,37 @@
+"""Knowledge distillation (Hinton, Vinyals, Dean 2015): every group learns from one fixed, pre-trained teacher.
+
+The teacher is loaded once from a checkpoint and never changes: it is in eval mode (no dropout), its parameters do
+not require grad, and it sits outside DDP and the optimizer. It is not a peer, so nothing is ever exchanged; the
+loss is the engine's CE + alpha * psi against its predictions (T^2-scaled KL at temperature T).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from codistill.data import Dataset
+from codistill.pretrained import load_model
+
+
+class FixedTeacher:
+    """The teacher source of mode=kd, with the interface of TeacherCopies that a GroupWorker uses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.models: dict[int, nn.Module] = {}  # no peer copies: an exchange has nothing to load
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.model(x)]
+
+    def staleness(self, step: int) -> Optional[int]:
+        return None  # a fixed teacher has no age
+
+
+def load_teacher(distill: Any, dataset: Dataset, device: torch.device) -> FixedTeacher:
+    """The teacher of `distill.teacher_checkpoint` (architecture from the checkpoint or distill.teacher_model)."""
+    model = load_model(distill.teacher_checkpoint, dataset.input_shape, dataset.num_classes, distill.teacher_model)
+    return FixedTeacher(model.to(device))
