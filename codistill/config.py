@@ -72,6 +72,7 @@ class TopologyConfig:
     replicas: Optional[int] = None  # R: data-parallel ranks per group; None = 1 simulated, WORLD_SIZE / G torchrun
     device: str = "auto"  # auto | cpu | cuda
     timeout_s: float = 60.0  # process-group timeout: a dead rank ends the job within this bound
+    vectorize: bool = False  # simulated mode: step same-architecture groups as one stacked model (torch.func)
 
 
 @dataclass

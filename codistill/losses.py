@@ -29,8 +29,13 @@ def kl_to_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, temper
 
 
 def kl_from_log_probs(log_q: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(target || q), batch-averaged, from the student's log-probabilities at T."""
-    return F.kl_div(log_q, target_probs, reduction="batchmean") * temperature**2
+    """T^2 * KL(target || q), batch-averaged, from the student's log-probabilities at T.
+
+    Written out (F.kl_div's formula) rather than calling F.kl_div, which has no vmap batching rule and so would
+    run group by group in the vectorised mode.
+    """
+    pointwise = torch.xlogy(target_probs, target_probs) - target_probs * log_q
+    return pointwise.sum() * (temperature**2 / log_q.shape[0])
 
 
 def logit_mse(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:

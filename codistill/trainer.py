@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill import checkpoint, cohort, metrics
+from codistill import checkpoint, cohort, metrics, vectorized
 from codistill.algorithm import Schedule
 from codistill.data import load_dataset
 from codistill.exchange import CollectiveExchange, Exchange, LocalExchange
@@ -65,6 +65,7 @@ class Trainer:
         }
         for w in self.workers.values():
             w.rng.activate()
+        self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
         self.exchange: Exchange = (
             LocalExchange()
             if topo.simulated
@@ -87,8 +88,11 @@ class Trainer:
         for step in range(tr.max_steps):
             if self.schedule.exchange_before(step):
                 self._exchange(step)
-            for g, w in self.workers.items():
-                self._train_sums[g] += w.train_step(step)
+            if self.vectorized is not None:
+                self._train_sums += self.vectorized.train_step(step)
+            else:
+                for g, w in self.workers.items():
+                    self._train_sums[g] += w.train_step(step)
             self._window += 1
             done = step + 1
             last = done == tr.max_steps

@@ -1,0 +1,137 @@
+"""Vectorised simulated mode: the G groups of one architecture trained as one stacked model with torch.func.
+
+In simulated mode the loop runs G small models one after the other, so for small models the step is dominated by
+per-operation overhead paid G times. Here the groups' parameters are stacked along a leading group dimension
+(as torch.func.stack_module_state does) and every forward is one `vmap(functional_call)`: the student forward and
+backward of all groups, the teachers' forwards (teacher j of every group at once), the loss, and one optimizer step
+over the stacked tensors. The arithmetic is the loop's, group by group, so the parameters agree with the loop (and
+hence with torchrun) to float rounding.
+
+Each group's module keeps working unchanged: its parameters become views of its slice of the stacked tensors, so
+evaluation, exchanges and checkpoints read the live values. The groups share one optimizer and schedule over the
+stacked tensors (element-wise optimizers such as SGD and Adam treat each slice as the loop treats each group).
+
+Supported when the groups share an architecture and the model has no randomness or buffers to keep per group:
+dropout's per-replica random streams and BatchNorm's in-place running statistics cannot be reproduced inside vmap,
+so such models (and torchrun, where a process holds one group) fall back to the loop with a logged reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from codistill.algorithm import codistill_loss
+from codistill.optim import build_optimizer, build_schedule
+from codistill.topology import Topology
+from codistill.worker import GroupWorker
+
+log = logging.getLogger("codistill")
+
+Params = dict[str, torch.Tensor]
+
+
+def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional[str]:
+    """Why these groups cannot run stacked, or None when they can."""
+    if not topo.simulated:
+        return "it needs topology.mode=simulated (under torchrun a process holds one group)"
+    if len(workers) < 2:
+        return "there is only one group"
+    if cfg.distill.mode == "kd":
+        return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
+    if not cfg.distill.exchange.startswith("collective"):
+        return f"distill.exchange={cfg.distill.exchange} may leave groups with different teacher copies"
+    models = [w.model for w in workers.values()]
+    shapes = [(type(m), [(n, p.shape) for n, p in m.named_parameters()]) for m in models]
+    if any(s != shapes[0] for s in shapes):
+        return "the groups have different architectures"
+    if any(True for _ in models[0].buffers()):
+        return "the model has buffers (e.g. BatchNorm), whose in-place updates vmap cannot keep per group"
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in models[0].modules()):
+        return "the model uses dropout, whose per-replica random streams the stacked step cannot reproduce"
+    return None
+
+
+def build(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional["VectorizedGroups"]:
+    """The stacked engine when topology.vectorize asks for it and the groups allow it; else None (the loop)."""
+    if not cfg.topology.vectorize:
+        return None
+    reason = unsupported_reason(cfg, topo, workers)
+    if reason is not None:
+        log.warning("topology.vectorize: running the groups one by one because %s", reason)
+        return None
+    log.info("topology.vectorize: %d groups run as one stacked model", len(workers))
+    return VectorizedGroups(cfg, workers)
+
+
+class VectorizedGroups:
+    def __init__(self, cfg: Any, workers: dict[int, GroupWorker]) -> None:
+        self.cfg = cfg
+        self.workers = [workers[g] for g in sorted(workers)]
+        self.base = self.workers[0].model  # the module functional_call runs with stacked parameters swapped in
+        self.names = [n for n, _ in self.base.named_parameters()]
+        self.params: Params = {
+            n: torch.stack([w.model.get_parameter(n).detach() for w in self.workers]).requires_grad_()
+            for n in self.names
+        }
+        for g, w in enumerate(self.workers):
+            for n, p in w.model.named_parameters():
+                p.data = self.params[n].data[g]  # the group's module now reads and writes its stacked slice
+        self.optimizer = build_optimizer(self.params.values(), cfg.optim)
+        self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        for w in self.workers:  # every group reports (and checkpoints) the one shared optimizer and schedule
+            w.optimizer, w.lr_schedule = self.optimizer, self.lr_schedule
+        self._teacher_key: Optional[tuple] = None
+        self._teachers: list[Params] = []
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One step of every group; returns [G, 3] rows as GroupWorker.train_step returns them, stacked."""
+        w0, d = self.workers[0], self.cfg.distill
+        distilling = w0.schedule.distilling(step)
+        teachers = self._teacher_stacks() if distilling else []
+
+        def group_loss(params: Params, teacher_logits: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+            student = lambda inp: functional_call(self.base, params, (inp,))  # noqa: E731
+            parts = codistill_loss(student, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate)
+            return torch.stack([parts.total, parts.ce, parts.distill])
+
+        sums = torch.zeros(len(self.workers), 3, device=w0.device)
+        for r in w0.replicas:
+            batches = [w._batch(step, r) for w in self.workers]
+            x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+            with torch.no_grad():
+                teacher_logits = [self._forward(t, x) for t in teachers]
+            parts = vmap(group_loss)(self.params, teacher_logits, x, y)
+            (parts[:, 0].sum() * w0.grad_scale).backward()
+            sums += parts.detach() / len(w0.replicas)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return vmap(lambda p, xb: functional_call(self.base, p, (xb,)))(params, x)
+
+    def _teacher_stacks(self) -> list[Params]:
+        """Stack j holds every group's j-th ready teacher copy (peers in ascending order, as the loop uses them).
+
+        Rebuilt only when an exchange has changed the copies, so between exchanges the step copies nothing.
+        """
+        key = tuple(tuple(w.teachers.source_step.values()) for w in self.workers)
+        if key != self._teacher_key:
+            ready = [w.teachers.ready for w in self.workers]
+            if len({len(r) for r in ready}) != 1:
+                raise RuntimeError("vectorised groups hold different numbers of teacher copies")
+            self._teachers = [
+                {
+                    n: torch.stack([w.teachers.models[peers[j]].get_parameter(n) for w, peers in zip(self.workers, ready)])
+                    for n in self.names
+                }
+                for j in range(len(ready[0]))
+            ]
+            self._teacher_key = key
+        return self._teachers
