@@ -31,5 +31,6 @@ def load(path: Path) -> dict:
 
 def model_checkpoint(model: torch.nn.Module, step: int, group: int, config: dict, extra: dict | None = None) -> dict:
     """What a final checkpoint holds: enough to rebuild, evaluate or distill from the model without this run."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # a copy: a view (e.g. a slice of topology.vectorize's stacked tensors) would save its whole storage
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return {"model": state, "step": step, "group": group, "config": config, **(extra or {})}
