@@ -37,7 +37,7 @@ class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | mnist | kjv_chars | synthetic
     root: Optional[str] = None  # a directory holding the dataset's files; None = where its package installs them
     partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # batch size of held-out evaluation
     eval_examples: int = 0  # 0 = the whole held-out set
     seq_len: int = 128  # kjv_chars: characters per example (next-character prediction at every position)
     # synthetic: a seeded Gaussian-mixture classification task for fast tests
@@ -80,28 +80,28 @@ class OptimConfig:
     name: str = "sgd"  # sgd | adam | adamw
     lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty (Sodhani et al. 2020: codistillation wants less of it)
     nesterov: bool = False
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear learning-rate warm-up steps
     schedule: str = "constant"  # constant | cosine
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps of every group
     batch_size: int = 128  # global batch of ONE group; each replica gets batch_size / R
     eval_every: int = 200  # 0 = only at the end
-    log_every: int = 50
+    log_every: int = 50  # steps between records in metrics.jsonl (and console lines)
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for bit-exact resume
 
 
 @dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb
-    project: str = "codistill"
-    entity: Optional[str] = None
+    project: str = "codistill"  # wandb project
+    entity: Optional[str] = None  # wandb entity (user or team); None = wandb's default
     mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE or wandb's default
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # wandb tags of every group's run
     job_type: str = "train"  # wandb job_type of each group's run
     plots: bool = True  # write PNG plots from metrics.jsonl at the end of a run (global rank 0)
 
@@ -118,8 +118,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
-    run_name: str = "codistill"
+    seed: int = 0  # seeds each group's init and data order and each replica's dropout
+    run_name: str = "codistill"  # names the run directory (outputs/<run_name>/<run id>) and the wandb runs
 
 
 MODELS = ("mlp", "cnn", "char_lstm")
