@@ -1,0 +1,162 @@
+"""Shared machinery of the reproduction scripts: run config variants over seeds, tabulate, plot.
+
+Every run is a real simulated-mode training run (the same engine and config as `python -m codistill.train`), written
+to OUT/<variant>/seed<k>/ with its own metrics.jsonl, so any number in a table can be traced to a run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from codistill.compose import compose_config  # noqa: E402
+
+
+@dataclass
+class Run:
+    """One finished run: its directory and its metrics.jsonl records."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    records: list[dict] = field(default_factory=list)
+
+    def group_curve(self, key: str, group: Optional[int] = None) -> list[tuple[int, float]]:
+        """(step, value) of `key`, for one group or averaged over the groups."""
+        by_step: dict[int, list[float]] = {}
+        for r in self.records:
+            if r.get("group") is not None and key in r and (group is None or r["group"] == group):
+                by_step.setdefault(r["step"], []).append(r[key])
+        return sorted((s, sum(v) / len(v)) for s, v in by_step.items())
+
+    def run_curve(self, key: str) -> list[tuple[int, float]]:
+        return sorted((r["step"], r[key]) for r in self.records if r.get("group") is None and key in r)
+
+    def final(self, key: str, group: Optional[int] = None) -> float:
+        curve = self.group_curve(key, group) if not key.startswith(("ensemble/", "churn/")) else self.run_curve(key)
+        return curve[-1][1]
+
+
+def parser(description: str, steps: int, seeds: int = 3) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "repro" / Path(sys.argv[0]).stem)
+    p.add_argument("--seeds", type=int, default=seeds, help="independent repetitions (seeds 0..N-1)")
+    p.add_argument("--steps", type=int, default=steps, help="training steps of every run")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long run of every variant on synthetic data")
+    return p
+
+
+def smoke_overrides(args: argparse.Namespace) -> list[str]:
+    """Tiny settings for CI: every code path of the script runs, no number means anything."""
+    if not args.smoke:
+        return []
+    args.seeds = min(args.seeds, 2)
+    args.steps = 20
+    return ["data=synthetic", "data.eval_examples=128", "trainer.batch_size=32"]
+
+
+def run_variant(
+    out: Path, variant: str, overrides: Sequence[str], seeds: int, steps: int, eval_every: int
+) -> list[Run]:
+    """Train `overrides` once per seed (reusing finished runs on disk), return the runs."""
+    from codistill.train import run
+
+    runs = []
+    for seed in range(seeds):
+        run_dir = out / variant / f"seed{seed}"
+        metrics = run_dir / "metrics.jsonl"
+        done = run_dir / "DONE"
+        if not done.exists():
+            if metrics.exists():
+                metrics.unlink()
+            cfg = compose_config(
+                [*overrides, f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}",
+                 f"trainer.log_every={eval_every}", "logger=none", "logger.plots=false"],
+                run_id=f"{variant}-seed{seed}",
+            )
+            print(f"[{variant} seed {seed}] {' '.join(overrides)}", flush=True)
+            run(cfg, run_dir)
+            done.write_text("ok\n")
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        runs.append(Run(variant, seed, run_dir, records))
+    return runs
+
+
+def test_probs(run: Run, group: int = 0):
+    """The final checkpoint of `group` in `run`, evaluated on the test set: probabilities [N, C]."""
+    import torch
+
+    from codistill.tools import checkpoints
+
+    path = run.run_dir / "checkpoints" / f"group{group}" / "final.pt"
+    ckpt = checkpoints.read(path)
+    dataset = checkpoints.dataset_of(ckpt["config"])
+    model = checkpoints.rebuild(ckpt, dataset)
+    with torch.no_grad():
+        return torch.cat([torch.softmax(model(dataset.prepare(dataset.test_x[i : i + 1000])), -1)
+                          for i in range(0, len(dataset.test_x), 1000)])
+
+
+def mean_std(values: Sequence[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def first_step_reaching(curve: list[tuple[int, float]], target: float) -> Optional[int]:
+    """First evaluated step whose value is <= target (None if never)."""
+    return next((s for s, v in curve if v <= target), None)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(
+    path: Path, runs_by_variant: dict[str, list[Run]], key: str, ylabel: str,
+    curve: Callable[[Run], list[tuple[int, float]]] | None = None,
+) -> None:
+    """Mean over seeds (line) and min-max band of `key` against steps, one line per variant."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for variant, runs in runs_by_variant.items():
+        curves = [(curve or (lambda r: r.group_curve(key)))(r) for r in runs]
+        steps = [s for s, _ in curves[0]]
+        per_step = [[dict(c).get(s) for c in curves] for s in steps]
+        per_step = [[v for v in vs if v is not None] for vs in per_step]
+        ax.plot(steps, [statistics.mean(v) for v in per_step], label=variant)
+        ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out: Path, title: str, command: str, table: str, notes: str = "") -> None:
+    """Print the table and keep a copy (with the command that produced it) next to the runs."""
+    text = f"## {title}\n\n`{command}`\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    print("\n" + text, flush=True)
