@@ -46,7 +46,7 @@ def resolve(spec: Any, where: str) -> DictConfig:
 
 def group_models(cfg: Any) -> list[Any]:
     """The ModelConfig of every group, in group order."""
-    groups, specs = cfg.topology.groups, list(cfg.model_per_group)
+    groups, specs = cfg.topology.groups, list(cfg.get("model_per_group") or [])  # absent in older checkpoints
     if not specs:
         return [cfg.model] * groups
     if len(specs) != groups:

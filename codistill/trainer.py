@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from codistill import checkpoint, cohort, metrics, vectorized
 from codistill.algorithm import Schedule
 from codistill.data import load_dataset
-from codistill.exchange import CollectiveExchange, Exchange, LocalExchange
+from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange
 from codistill.kd import load_teacher
 from codistill.models import build_model
 from codistill.loggers import open_sinks
@@ -66,15 +66,19 @@ class Trainer:
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
-        self.exchange: Exchange = (
-            LocalExchange()
-            if topo.simulated
-            else CollectiveExchange(topo.group_pg, state_sizes)
-        )
+        self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)
+        if self.last_checkpoint is not None:
+            self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo)
+            log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
+        self.exchange: Exchange
+        if d.exchange == "filesystem":
+            self.exchange = FilesystemExchange.for_run(cfg, topo, run_dir, self.workers, state_sizes, self.start_step)
+        else:
+            self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes)
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
         self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)
         self._window = 0
-        self._clock = (time.perf_counter(), 0)
+        self._clock = (time.perf_counter(), self.start_step)
         self.final_eval: Optional[tuple[list[dict], dict]] = None
 
     # --- train ------------------------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ class Trainer:
             self.topo.groups, self.topo.replicas, self.topo.layout.mode, self.topo.device, tr.max_steps,
             self.cfg.distill.mode, self.run_dir,
         )
-        for step in range(tr.max_steps):
+        for step in range(self.start_step, tr.max_steps):
             if self.schedule.exchange_before(step):
                 self._exchange(step)
             if self.vectorized is not None:
@@ -97,8 +101,11 @@ class Trainer:
             done = step + 1
             last = done == tr.max_steps
             evaluate = last or (tr.eval_every > 0 and done % tr.eval_every == 0)
-            if last or done % tr.log_every == 0 or evaluate:
+            save = last or (tr.checkpoint_every > 0 and done % tr.checkpoint_every == 0)
+            if last or done % tr.log_every == 0 or evaluate or save:  # a report checks the loss is finite
                 self._report(done, evaluate)
+            if save:
+                self._checkpoint(done)
         self._save_final(tr.max_steps)
 
     def _exchange(self, step: int) -> None:
@@ -106,7 +113,8 @@ class Trainer:
         snapshots = self.exchange.exchange(step, local)
         for g, w in self.workers.items():
             for peer in w.teachers.models:
-                w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
+                if peer in snapshots:  # else: no (newer) snapshot of that peer; its copy stays as it is
+                    w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
         log.debug("exchange at step %d", step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
@@ -127,11 +135,13 @@ class Trainer:
                 "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 3].item()),
                 "lr": stats[g, 4].item(),
             }
-            for g in range(G)
+            for g in self.topo.job_groups
         ]
-        if not all(torch.isfinite(stats[:, 0])):
-            bad = [g for g in range(G) if not torch.isfinite(stats[g, 0])]
-            raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}: lower optim.lr")
+        bad = [g for g in self.topo.job_groups if not torch.isfinite(stats[g, 0])]
+        if bad:
+            raise NonFiniteLossError(
+                f"training loss of group(s) {bad} is not finite at step {step}: lower optim.lr; {self._kept()}"
+            )
         run_record = None
         if evaluate:
             per_group, run_record = metrics.summarise(self._eval_sums())
@@ -163,10 +173,10 @@ class Trainer:
             w.sync_buffers()
         local = {g: w.predict_probs(x, bs) for g, w in self.workers.items()}
         if self.topo.simulated:
-            probs = torch.stack([local[g] for g in range(self.topo.groups)])
+            probs = torch.stack([local[g] for g in self.topo.job_groups])
             return metrics.eval_sums(probs, y)
         ((g, mine),) = local.items()
-        gathered = [torch.empty_like(mine, device=self.topo.device) for _ in range(self.topo.groups)]
+        gathered = [torch.empty_like(mine, device=self.topo.device) for _ in self.topo.job_groups]
         dist.all_gather(gathered, mine.to(self.topo.device), group=self.topo.group_pg)
         sums = metrics.eval_sums(torch.stack([t.cpu() for t in gathered]), y).to(self.topo.device)
         dist.all_reduce(sums, group=self.topo.replica_pg)
@@ -183,7 +193,30 @@ class Trainer:
                 log.info("group %d: final checkpoint %s", g, path)
         self.topo.barrier()
 
+    def _checkpoint(self, step: int) -> None:
+        """Save a training checkpoint, unless a group's parameters are no longer finite (keep the last good one)."""
+        bad = torch.zeros(self.topo.groups, dtype=torch.float64)
+        for g, w in self.workers.items():
+            bad[g] = float(not all(torch.isfinite(p).all() for p in w.model.parameters()))
+        self.topo.all_reduce_sum(bad)
+        if bad.any():
+            groups = [g for g in range(self.topo.groups) if bad[g]]
+            raise NonFiniteLossError(f"parameters of group(s) {groups} are not finite at step {step}: lower optim.lr; "
+                                     f"{self._kept()}")
+        tr = self.cfg.trainer
+        self.last_checkpoint = checkpoint.save_training(
+            self.run_dir, step, self.workers, self.topo, self.config_dict, tr.checkpoint_keep
+        )
+        log.info("checkpoint %s", self.last_checkpoint)
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written before it"
+        return f"the last good checkpoint is {self.last_checkpoint} (resume with trainer.resume=auto)"
+
     def close(self) -> None:
+        if isinstance(self.exchange, FilesystemExchange):
+            self.exchange.close()  # finish the pending snapshot write: peers may still read it
         self.metrics.close()
         for w in self.workers.values():
             w.release()

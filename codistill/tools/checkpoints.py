@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import checkpoint
+from codistill import checkpoint, cohort
 from codistill.data import Dataset, load_dataset
 from codistill.models import build_model
 
@@ -45,7 +45,8 @@ def dataset_of(config: dict, root: str | None = None) -> Dataset:
 
 def rebuild(ckpt: dict, dataset: Dataset) -> nn.Module:
     """The checkpoint's model as the plain nn.Module its config describes, weights loaded strictly, in eval mode."""
-    model = build_model(OmegaConf.create(ckpt["config"]["model"]), dataset.input_shape, dataset.num_classes)
+    model_cfg = cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])]  # model_per_group aware
+    model = build_model(model_cfg, dataset.input_shape, dataset.num_classes)
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval()
 
