@@ -1,22 +1,61 @@
-"""Checkpoint files: written atomically (temp file, fsync, rename), read with weights_only=True."""
+"""Checkpoint files: written atomically (temp file, fsync, rename), read with weights_only=True.
+
+Two kinds. `final.pt` (per group, `model_checkpoint`) holds a trained model to evaluate or distill from. A training
+checkpoint (`save_training` / `restore_training`) holds everything an exact resume needs, one directory per step:
+
+    <run dir>/checkpoints/step{s:09d}/group{g}.pt       model, optimizer, LR schedule, teacher copies + their steps
+                                      rng-rank{k}.pt     process k's torch/numpy/python generators + replica streams
+                                      manifest.json      step, topology, sha256 of every file: written last, so a
+                                                         directory without it is incomplete and never resumed from
+
+The data stream is a pure function of the step (codistill/data/streams.py), so the step is its position.
+Everything stored is tensors and plain containers, so every file loads with weights_only=True.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import random
+import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
+
+from codistill.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class StorageError(OSError):
+    """A checkpoint or snapshot could not be written (disk full, directory gone or unwritable)."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write `obj` so that a reader sees either the old file or the complete new one, never a torn one."""
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """`atomic_save` for bytes already serialised (e.g. to checksum them first)."""
+    _atomic(path, lambda f: f.write(data))
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Temp file in the same directory, fsync, rename; on any failure the temp file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,3 +73,146 @@ def model_checkpoint(model: torch.nn.Module, step: int, group: int, config: dict
     # a copy: a view (e.g. a slice of topology.vectorize's stacked tensors) would save its whole storage
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return {"model": state, "step": step, "group": group, "config": config, **(extra or {})}
+
+
+# --- training checkpoints ---------------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step{step:09d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under `root` that have a manifest, newest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step*") if (p / MANIFEST).is_file()), key=lambda p: p.name, reverse=True)
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Create `directory` and a probe file in it, or raise a one-line ConfigError naming the option."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{what}={directory} is not writable: {e.strerror or e}") from None
+
+
+def _layout_topology(layout: Any) -> dict:
+    return {"groups": layout.groups, "replicas": layout.replicas, "job_groups": list(layout.job_groups)}
+
+
+def find_resume(resume: str, run_dir: Path) -> Optional[Path]:
+    """The checkpoint directory trainer.resume names: auto = this run's newest complete one (None if none)."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir / "checkpoints")
+        return found[0] if found else None
+    path = Path(resume)
+    if (path / MANIFEST).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = complete_checkpoints(root)
+        if found:
+            return found[0]
+    raise ConfigError(
+        f"trainer.resume={resume}: no complete checkpoint there (a checkpoints/step*/ directory with {MANIFEST}); "
+        "use auto, never, or such a path"
+    )
+
+
+def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
+    """Before any process group: the output directory is writable and the checkpoint to resume from fits this run.
+
+    Checks the topology it was written by and the checksums of the files this process will load; returns its path.
+    """
+    check_writable(run_dir, "output directory (hydra.run.dir)")
+    path = find_resume(cfg.trainer.resume, run_dir)
+    if path is None:
+        return None
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        wrote, files = manifest["topology"], manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"resume checkpoint {path} is corrupt: unreadable {MANIFEST} ({e})") from None
+    if wrote != _layout_topology(layout):
+        raise ConfigError(
+            f"resume checkpoint {path} was written by {wrote['groups']} groups x {wrote['replicas']} replicas "
+            f"(groups in that job: {wrote['job_groups']}); this run is {layout.groups} x {layout.replicas} "
+            f"(groups in this job: {list(layout.job_groups)}): resume with the same topology or trainer.resume=never"
+        )
+    local_groups = layout.job_groups if layout.mode == "simulated" else [layout.group]
+    for name in [*(f"group{g}.pt" for g in local_groups), f"rng-rank{layout.rank}.pt"]:
+        try:
+            ok = hashlib.sha256((path / name).read_bytes()).hexdigest() == files[name]
+        except (OSError, KeyError) as e:
+            raise ConfigError(f"resume checkpoint {path} is incomplete: {name} is missing ({e})") from None
+        if not ok:
+            raise ConfigError(f"resume checkpoint {path} is corrupt: {name} does not match its checksum")
+    return path
+
+
+def rng_state(workers: dict[int, Any]) -> dict:
+    """This process's generators: the global torch/CUDA/numpy/python ones and each local replica's stream."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss_next},
+        "streams": {g: {r: list(s) for r, s in w.rng.states.items()} for g, w in workers.items()},
+    }
+
+
+def set_rng_state(state: dict, workers: dict[int, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    for g, w in workers.items():
+        for r, s in state["streams"][g].items():
+            w.rng.states[r] = tuple(s)
+
+
+def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, config: dict, keep: int) -> Path:
+    """Write this process's part of the step's checkpoint; global rank 0 seals it with the manifest and prunes.
+
+    Every rank must call it (buffers are synchronised inside each group and the ranks meet at a barrier).
+    """
+    folder = checkpoint_dir(run_dir, step)
+    try:
+        for g, w in workers.items():
+            w.sync_buffers()
+            if topo.is_group_leader(g):
+                atomic_save({**w.state_dict(), "step": step, "config": config}, folder / f"group{g}.pt")
+        atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
+        topo.barrier()
+        if topo.is_main:
+            files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
+            manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time()}
+            atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+            for old in complete_checkpoints(folder.parent)[keep:]:
+                (old / MANIFEST).unlink()  # first: an unsealed directory is never resumed from
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise StorageError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def restore_training(path: Path, workers: dict[int, Any], topo: Any) -> int:
+    """Load this process's part of checkpoint `path` (checked by `preflight`); return the step it was taken at."""
+    try:
+        step = None
+        for g, w in workers.items():
+            state = load(path / f"group{g}.pt")
+            w.load_state_dict(state)
+            step = state["step"]
+        set_rng_state(load(path / f"rng-rank{topo.layout.rank}.pt"), workers)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ConfigError(f"resume checkpoint {path} does not fit this run: {str(e).splitlines()[0]}") from None
+    return int(step)

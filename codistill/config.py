@@ -58,7 +58,11 @@ class DistillConfig:
     temperature: float = 1.0  # T; the KL term is multiplied by T^2 so its gradient scale does not depend on T
     aggregate: str = "mean_probs"  # mean_probs (Anil et al.) | mean_kl (DML)
     psi: str = "kl"  # kl | logit_mse
-    exchange: str = "collective"  # collective (in-job all-gather); the seam for other transports
+    exchange: str = "collective"  # collective (in-job all-gather) | filesystem (shared directory, see below)
+    # filesystem: where groups publish snapshots; None = <run dir>/exchange. Groups run as separate jobs
+    # (topology.group_id) must all name one shared directory here.
+    exchange_dir: Optional[str] = None
+    exchange_keep: int = 3  # filesystem: snapshots each group keeps on disk (older ones are pruned)
     # kd: a frozen teacher loaded once from a final.pt this trainer wrote (model + config), or from any state_dict
     # of the conf/model preset named by teacher_model (which, when set, also overrides the checkpoint's config)
     teacher_checkpoint: Optional[str] = None
@@ -73,6 +77,9 @@ class TopologyConfig:
     device: str = "auto"  # auto | cpu | cuda
     timeout_s: float = 60.0  # process-group timeout: a dead rank ends the job within this bound
     vectorize: bool = False  # simulated mode: step same-architecture groups as one stacked model (torch.func)
+    # Run only group g in this job (world = R), as one of G separate jobs sharing distill.exchange_dir;
+    # None = this job runs all G groups. Needs distill.exchange=filesystem.
+    group_id: Optional[int] = None
 
 
 @dataclass
@@ -93,6 +100,9 @@ class TrainerConfig:
     eval_every: int = 200  # 0 = only at the end
     log_every: int = 50  # steps between records in metrics.jsonl (and console lines)
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for bit-exact resume
+    checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
+    checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)
+    resume: str = "auto"  # auto: newest complete checkpoint of the run dir, if any | never | <checkpoint path>
 
 
 @dataclass
@@ -128,7 +138,7 @@ SEQUENCE_MODELS, SEQUENCE_DATASETS = ("char_lstm",), ("kjv_chars",)  # next-toke
 MODES = ("none", "codistill", "dml", "kd")
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
-EXCHANGES = ("collective",)
+EXCHANGES = ("collective", "filesystem")
 PARTITIONS = ("shared", "disjoint")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -182,6 +192,22 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(dist.alpha >= 0, f"distill.alpha={dist.alpha} must be >= 0")
     _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
     _check(dist.burn_in_steps >= 0, f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0")
+    _check(dist.exchange_keep >= 1, f"distill.exchange_keep={dist.exchange_keep} must be >= 1")
+    _check(
+        top.group_id is None or 0 <= top.group_id < top.groups,
+        f"topology.group_id={top.group_id} must be in [0, topology.groups={top.groups})",
+    )
+    _check(
+        top.group_id is None or dist.mode == "none" or dist.exchange == "filesystem",
+        f"topology.group_id={top.group_id} runs one group per job, and only distill.exchange=filesystem reaches "
+        "groups in other jobs: add distill.exchange=filesystem distill.exchange_dir=<shared dir>",
+    )
+    _check(
+        top.group_id is None or dist.mode == "none" or dist.exchange_dir is not None,
+        "topology.group_id is set: name the directory every group's job shares with distill.exchange_dir=<dir>",
+    )
+    _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
+    _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(
         dist.mode == "none" or dist.burn_in_steps < tr.max_steps or top.groups == 1,
         f"distill.burn_in_steps={dist.burn_in_steps} >= trainer.max_steps={tr.max_steps}: the run would never "

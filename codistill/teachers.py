@@ -50,6 +50,18 @@ class TeacherCopies:
         self.flattener[peer].load(self.models[peer], flat)
         self.source_step[peer] = step
 
+    def state_dict(self) -> dict[int, dict]:
+        """The loaded copies and their source steps (what a resumed run must distill from)."""
+        return {
+            p: {"flat": self.flattener[p].flatten(self.models[p]).cpu(), "step": s}
+            for p, s in self.source_step.items()
+            if s is not None
+        }
+
+    def load_state_dict(self, state: dict[int, dict]) -> None:
+        for p, copy in state.items():
+            self.load(p, copy["flat"], copy["step"])  # copy_ moves it to the copy's device
+
     @property
     def ready(self) -> list[int]:
         """Peers with a copy loaded; peers never received are left out of the aggregate."""

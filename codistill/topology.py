@@ -43,10 +43,16 @@ class Layout:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group_id: Optional[int] = None  # this job runs only this group (groups as separate jobs)
+
+    @property
+    def job_groups(self) -> list[int]:
+        """The groups this job runs: all G, or the one named by topology.group_id."""
+        return list(range(self.groups)) if self.group_id is None else [self.group_id]
 
     @property
     def group(self) -> int:
-        return self.rank // self.replicas
+        return self.job_groups[self.rank // self.replicas]
 
     @property
     def replica(self) -> int:
@@ -69,22 +75,23 @@ def resolve_layout(cfg: Any, env: Mapping[str, str] = os.environ) -> Layout:
         replicas = cfg.replicas if cfg.replicas is not None else 1
         if replicas < 1:
             raise ConfigError(f"topology.replicas={replicas} must be >= 1")
-        return Layout("simulated", groups, replicas)
+        return Layout("simulated", groups, replicas, group_id=cfg.group_id)
     if not under_torchrun:
         raise ConfigError("topology.mode=torchrun needs RANK/WORLD_SIZE/LOCAL_RANK: launch with torchrun")
     world = int(env["WORLD_SIZE"])
-    if world % groups != 0:
+    job_groups = groups if cfg.group_id is None else 1
+    if world % job_groups != 0:
         raise ConfigError(
             f"world size {world} is not divisible by topology.groups={groups}: "
             f"launch G x R processes (e.g. {groups * max(1, world // groups)}) or change topology.groups"
         )
-    replicas = world // groups
+    replicas = world // job_groups
     if cfg.replicas is not None and cfg.replicas != replicas:
         raise ConfigError(
-            f"topology.replicas={cfg.replicas} but world size {world} / topology.groups={groups} = {replicas}: "
-            "drop topology.replicas under torchrun or launch groups x replicas processes"
+            f"topology.replicas={cfg.replicas} but world size {world} / {job_groups} group(s) in this job = "
+            f"{replicas}: drop topology.replicas under torchrun or launch groups x replicas processes"
         )
-    return Layout("torchrun", groups, replicas, int(env["RANK"]), world, int(env["LOCAL_RANK"]))
+    return Layout("torchrun", groups, replicas, int(env["RANK"]), world, int(env["LOCAL_RANK"]), cfg.group_id)
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
@@ -121,7 +128,8 @@ class Topology:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh(dev.type, (layout.groups, layout.replicas), mesh_dim_names=("group", "replica"))
+        shape = (len(layout.job_groups), layout.replicas)  # (1, R) when this job runs one group of a separate-jobs run
+        mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("group", "replica"))
         return cls(layout, dev, mesh, _owns_process_group=True)
 
     # --- what this process runs -------------------------------------------------------------------------------
@@ -138,8 +146,13 @@ class Topology:
         return self.layout.replicas
 
     @property
+    def job_groups(self) -> list[int]:
+        """The groups this job runs (all G unless topology.group_id names one); the others are remote."""
+        return self.layout.job_groups
+
+    @property
     def local_groups(self) -> list[int]:
-        return list(range(self.groups)) if self.simulated else [self.layout.group]
+        return self.job_groups if self.simulated else [self.layout.group]
 
     @property
     def local_replicas(self) -> list[int]:
@@ -165,7 +178,7 @@ class Topology:
 
     def group_leader_rank(self) -> int:
         """Global rank of replica 0 of this process's group."""
-        return self.layout.group * self.replicas
+        return self.layout.rank - self.layout.replica
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over every rank of the world (identity in simulated mode, where every row is local)."""

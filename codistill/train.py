@@ -25,7 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from codistill import checkpoint
+from codistill.checkpoint import StorageError
 from codistill.config import ConfigError, register_configs, validate
+from codistill.exchange import filesystem
 from codistill.data import DataMissingError
 from codistill.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
@@ -69,6 +72,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
                 "a process group is already initialised in this process: every run needs a fresh process "
                 "(under torchrun, launch one torchrun per sweep point)"
             )
+        checkpoint.preflight(cfg, run_dir, layout)  # output dir writable; the resume checkpoint fits this run
+        if cfg.distill.exchange == "filesystem":
+            filesystem.prepare(cfg, run_dir)  # exchange dir writable and not another run's
     except ConfigError as e:
         fail(str(e))
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
@@ -83,6 +89,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
         return {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
     except (DataMissingError, NonFiniteLossError, ConfigError) as e:
         clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
+        fail(str(e))
+    except StorageError as e:  # one process's disk failed: the other ranks may not be at this point
         fail(str(e))
     finally:
         if trainer is not None:

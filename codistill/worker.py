@@ -145,3 +145,26 @@ class GroupWorker:
     def release(self) -> None:
         """Drop DDP (its reducer holds process-group work) before the process group is destroyed."""
         self.module = self.model
+
+    def state_dict(self) -> dict:
+        """This group's training state for a checkpoint (the RNG streams are per process: see checkpoint.py).
+
+        A fixed KD teacher is not saved: it is loaded again from its own checkpoint.
+        """
+        copies = self.teachers.state_dict() if isinstance(self.teachers, TeacherCopies) else {}
+        return {
+            "group": self.group,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "teachers": copies,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["group"] != self.group:
+            raise ValueError(f"the checkpoint holds group {state['group']}, not group {self.group}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if isinstance(self.teachers, TeacherCopies):
+            self.teachers.load_state_dict(state["teachers"])

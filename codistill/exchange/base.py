@@ -19,5 +19,9 @@ class Snapshot:
 
 class Exchange(Protocol):
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
-        """Publish the local groups' states (taken after `step` steps); return every group's newest snapshot."""
+        """Publish the local groups' states (taken after `step` steps); return the groups' newest snapshots.
+
+        A group may be missing from the result (no snapshot of it yet, or none newer than the one last returned):
+        its teacher copy then stays as it is. A snapshot's `step` may be older than `step` (a slower peer).
+        """
         ...

@@ -1,0 +1,338 @@
+"""The paper's shared-storage exchange: groups publish snapshots to a directory and read each other's newest.
+
+Layout of the exchange directory:
+
+    run.json                          the run that owns the directory (its run id); a second run is refused
+    group{g}/step{s:09d}.pt           group g's flattened parameters + buffers after s steps
+    group{g}/step{s:09d}.json         its manifest (step, run id, architecture signature, sha256, time): written
+                                      last, so a snapshot without a manifest is incomplete and never read
+
+Replica 0 of each group publishes at the group's exchange steps through a background writer thread (temp file,
+fsync, rename), so the training step never waits for the disk, and prunes all but the newest `keep` snapshots. At
+exchange steps the same replica picks the newest complete snapshot of every peer, checks it (checksum, run id,
+architecture) and broadcasts it inside its group, so the group's replicas load the same copy. A peer without a
+snapshot is left out; a rejected snapshot is logged once and the previous teacher copy stays.
+
+Groups in separate jobs never wait for each other: a slow or dead peer only makes its copy staler. Groups of one
+job (simulated mode, or one torchrun job running every group) already step together, so there each exchange waits
+for the job's own writes and reads exactly the step's snapshots: the run is deterministic (resumable bit for bit)
+and gives the same numbers as the collective exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from codistill.checkpoint import StorageError, atomic_write
+from codistill.config import ConfigError
+from codistill.exchange.base import Snapshot
+from codistill.teachers import TeacherCopies
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT = re.compile(r"step(\d{9})\.json$")
+
+
+class ExchangeWriteError(StorageError):
+    """Publishing a snapshot failed (disk full, directory gone or unwritable)."""
+
+
+def exchange_root(cfg: Any, run_dir: Path) -> Path:
+    return Path(cfg.distill.exchange_dir) if cfg.distill.exchange_dir else run_dir / "exchange"
+
+
+def run_identity(cfg: Any) -> str:
+    """The id every job of one run agrees on: run_name plus a digest of the settings its groups must share.
+
+    Groups launched as separate jobs have different job ids and run directories, so the id comes from the config:
+    two runs that differ in name, seed, data, models or distillation cannot share an exchange directory.
+    """
+    shared = {
+        "seed": cfg.seed,
+        "groups": cfg.topology.groups,
+        "model": cfg.model,
+        "model_per_group": cfg.get("model_per_group"),
+        "data": {k: cfg.data[k] for k in ("name", "partition")},
+        "distill": {k: v for k, v in cfg.distill.items() if k not in ("exchange_dir", "exchange_keep")},
+        "optim": cfg.optim,
+        "batch_size": cfg.trainer.batch_size,
+    }
+    from omegaconf import OmegaConf
+
+    text = json.dumps(OmegaConf.to_container(OmegaConf.create(shared), resolve=True), sort_keys=True)
+    return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def architecture_signature(entries: list[tuple[str, torch.Size, int]]) -> str:
+    """Names and shapes of a flattened state (StateFlattener.entries): differs with architecture or class count."""
+    return hashlib.sha256(repr([(n, tuple(s)) for n, s, _ in entries]).encode()).hexdigest()[:16]
+
+
+def claim(root: Path, run_id: str) -> None:
+    """Make `root` usable by this run, before any process group starts; raise a one-line ConfigError if not.
+
+    The first job to arrive writes run.json (exclusive create via a hard link, so concurrent jobs cannot both win);
+    later jobs of the same run find their own id there, another run's jobs are refused.
+    """
+    owner = root / "run.json"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not owner.exists():
+            fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".tmp", dir=root)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"run_id": run_id}, f)
+            try:
+                os.link(tmp, owner)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        found = json.loads(owner.read_text()).get("run_id")
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"distill.exchange_dir={root} is not usable: {reason}") from None
+    if found != run_id:
+        raise ConfigError(
+            f"distill.exchange_dir={root} belongs to run {found!r}, not this run {run_id!r}: give each run its own "
+            "exchange directory (every group of one run needs the same run_name and shared settings)"
+        )
+
+
+def prepare(cfg: Any, run_dir: Path) -> tuple[Path, str]:
+    """The run's exchange directory and run id, the directory checked and claimed (see `claim`)."""
+    root, run_id = exchange_root(cfg, run_dir), run_identity(cfg)
+    claim(root, run_id)
+    return root, run_id
+
+
+class _Writer:
+    """A daemon thread that writes the newest pending snapshot of each local group; the step never waits on it."""
+
+    def __init__(self, root: Path, run_id: str, keep: int) -> None:
+        self.root, self.run_id, self.keep = root, run_id, keep
+        self.pending: dict[int, tuple[int, torch.Tensor, str]] = {}
+        self.busy = False
+        self.error: Optional[BaseException] = None
+        self.cv = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, name="codistill-exchange-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, group: int, step: int, flat: torch.Tensor, signature: str) -> None:
+        """Queue a snapshot; an older one still pending for the group is replaced (a slow disk only adds staleness)."""
+        self.raise_error()
+        with self.cv:
+            self.pending[group] = (step, flat, signature)
+            self.cv.notify_all()
+
+    def flush(self) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: (not self.pending and not self.busy) or self.error is not None)
+        self.raise_error()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        self.thread.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            e = self.error
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ExchangeWriteError(f"could not publish a snapshot to distill.exchange_dir={self.root}: {reason}")
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                self.cv.wait_for(lambda: self.pending or self.closed)
+                if not self.pending:
+                    return
+                group, (step, flat, signature) = self.pending.popitem()
+                self.busy = True
+            try:
+                self._write(group, step, flat, signature)
+            except BaseException as e:  # reported on the training thread at its next publish or exchange
+                with self.cv:
+                    self.error = e
+            finally:
+                with self.cv:
+                    self.busy = False
+                    self.cv.notify_all()
+            if self.error is not None:
+                return
+
+    def _write(self, group: int, step: int, flat: torch.Tensor, signature: str) -> None:
+        folder = self.root / f"group{group}"
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save({"group": group, "step": step, "flat": flat}, buf)
+        data = buf.getvalue()
+        name = f"step{step:09d}"
+        atomic_write(folder / f"{name}.pt", data)
+        manifest = {
+            "group": group, "step": step, "run_id": self.run_id, "signature": signature,
+            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "time": time.time(),
+        }
+        atomic_write(folder / f"{name}.json", json.dumps(manifest).encode())
+        for old in snapshot_steps(folder)[self.keep :]:
+            remove_snapshot(folder, old)
+
+
+def snapshot_steps(folder: Path) -> list[int]:
+    """Steps with a manifest (complete snapshots), newest first."""
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)) for p in folder.iterdir() if (m := _SNAPSHOT.match(p.name))), reverse=True)
+
+
+def remove_snapshot(folder: Path, step: int) -> None:
+    """Manifest first, so a reader never finds a manifest whose data file is gone on purpose."""
+    (folder / f"step{step:09d}.json").unlink(missing_ok=True)
+    (folder / f"step{step:09d}.pt").unlink(missing_ok=True)
+
+
+class FilesystemExchange:
+    def __init__(
+        self,
+        root: Path,
+        run_id: str,
+        topo: Any,
+        signatures: dict[int, str],
+        sizes: dict[int, int],
+        keep: int,
+        start_step: int,
+    ) -> None:
+        """`signatures[g]` / `sizes[g]`: architecture and flat length of every group this process publishes or reads.
+
+        `start_step` is where this job starts (0, or the step it resumed from): the local groups' snapshots of later
+        steps, left by an earlier incarnation, are removed so no peer reads a state this run will not reach again.
+        """
+        self.root, self.run_id, self.topo = root, run_id, topo
+        self.signatures, self.sizes = signatures, sizes
+        self.same_job = len(topo.job_groups) == topo.groups  # every group steps in this job: read exact steps
+        self.leads = [g for g in topo.local_groups if topo.is_group_leader(g)]
+        local = set(topo.local_groups)
+        self.wanted = [p for p in range(topo.groups) if not (len(local) == 1 and p in local)]
+        self.rejected: set[tuple[int, int]] = set()
+        self.loaded: dict[int, int] = {}  # peer -> step of the snapshot last handed out
+        self.missing_logged: set[int] = set()
+        for g in self.leads:
+            for s in snapshot_steps(root / f"group{g}"):
+                if s > start_step:
+                    remove_snapshot(root / f"group{g}", s)
+        self.writer = _Writer(root, run_id, keep)
+
+    @classmethod
+    def for_run(
+        cls, cfg: Any, topo: Any, run_dir: Path, workers: dict[int, Any], sizes: list[int], start_step: int
+    ) -> "FilesystemExchange":
+        """The exchange of a Trainer: its directory claimed for this run, every known group's architecture."""
+        signatures = {}
+        for g, w in workers.items():
+            signatures[g] = architecture_signature(w.flattener.entries)
+            if isinstance(w.teachers, TeacherCopies):
+                signatures.update({p: architecture_signature(f.entries) for p, f in w.teachers.flattener.items()})
+        root, run_id = prepare(cfg, run_dir)
+        return cls(root, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step)
+
+    def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
+        for g in self.leads:
+            self.writer.submit(g, step, local[g].detach().to("cpu", copy=True), self.signatures[g])
+        if self.same_job:
+            self.writer.flush()
+            self.topo.barrier()
+        chosen = self._choose(step) if self.leads else {}
+        return self._share(chosen)
+
+    def close(self) -> None:
+        """Write what is pending (a peer may still read this group's last snapshot); a failure is only logged."""
+        try:
+            self.writer.close()
+        except ExchangeWriteError as e:
+            log.error("%s", e)
+
+    # --- reading (replica 0 of each group) ----------------------------------------------------------------------
+    def _choose(self, step: int) -> dict[int, Snapshot]:
+        out = {}
+        for p in self.wanted:
+            snap = self._newest(p, step)
+            if snap is not None:
+                out[p] = snap
+        return out
+
+    def _newest(self, peer: int, step: int) -> Optional[Snapshot]:
+        folder = self.root / f"group{peer}"
+        steps = snapshot_steps(folder)
+        if not steps:
+            if peer not in self.missing_logged:
+                log.info("exchange at step %d: no snapshot of group %d yet; it is left out of the aggregate", step, peer)
+                self.missing_logged.add(peer)
+            return None
+        newest = steps[0]
+        if (peer, newest) in self.rejected or self.loaded.get(peer) == newest:
+            return None  # rejected before, or already the teacher copy: keep it
+        try:
+            snap, written = self._read(folder, peer, newest)
+        except FileNotFoundError:
+            return None  # pruned by its writer between listing and reading: the next exchange picks a newer one
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as e:
+            self.rejected.add((peer, newest))
+            log.warning("exchange: rejected snapshot %s/step%09d of group %d: %s; keeping the previous copy",
+                        folder, newest, peer, e)
+            return None
+        # In one job every exchange reads the step's own snapshots (0 steps stale): not worth a line each time.
+        log.log(logging.DEBUG if self.same_job else logging.INFO,
+                "exchange at step %d: group %d snapshot of step %d, %d steps and %.1f s stale",
+                step, peer, snap.step, step - snap.step, time.time() - written)
+        self.loaded[peer] = newest
+        return snap
+
+    def _read(self, folder: Path, peer: int, step: int) -> tuple[Snapshot, float]:
+        manifest = json.loads((folder / f"step{step:09d}.json").read_text())
+        if manifest.get("run_id") != self.run_id:
+            raise ValueError(f"written by run {manifest.get('run_id')!r}, this run is {self.run_id!r}")
+        if manifest.get("signature") != self.signatures[peer]:
+            raise ValueError("another architecture or class count than this run's model of that group")
+        data = (folder / f"step{step:09d}.pt").read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise ValueError(f"checksum mismatch ({len(data)} of {manifest['bytes']} bytes): torn or corrupted")
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        flat = payload["flat"]
+        if not isinstance(flat, torch.Tensor) or flat.numel() != self.sizes[peer] or payload["step"] != step:
+            raise ValueError("its contents do not match its manifest")
+        return Snapshot(peer, step, flat), float(manifest["time"])
+
+    # --- one choice per group -----------------------------------------------------------------------------------
+    def _share(self, chosen: dict[int, Snapshot]) -> dict[int, Snapshot]:
+        """Replica 0's snapshots, broadcast to the group's other replicas so every replica loads the same copy."""
+        pg = self.topo.replica_pg
+        if self.topo.simulated or self.topo.replicas == 1 or pg is None:
+            return chosen
+        src, device = self.topo.group_leader_rank(), self.topo.device
+        header = torch.full((self.topo.groups,), -1, dtype=torch.long, device=device)
+        for p, snap in chosen.items():
+            header[p] = snap.step
+        dist.broadcast(header, src=src, group=pg)
+        out = {}
+        for p in self.wanted:
+            if header[p] < 0:
+                continue
+            flat = chosen[p].flat.to(device) if p in chosen else torch.empty(self.sizes[p], device=device)
+            dist.broadcast(flat, src=src, group=pg)
+            out[p] = Snapshot(p, int(header[p]), flat)
+        return out
