@@ -54,6 +54,9 @@ class DistillConfig:
     mode: str = "codistill"  # none | codistill | dml | kd
     burn_in_steps: int = 100  # label loss only for the first steps (Alg. 1, first loop)
     exchange_every: int = 50  # K: refresh teacher copies every K steps
+    # collective: replica r fetches the r-th 1/R shard of each peer's state across groups, then the group
+    # all-gathers the shards (cross-group bytes / R)
+    shard_exchange: bool = False
     alpha: float = 1.0  # weight of the distillation term
     temperature: float = 1.0  # T; the KL term is multiplied by T^2 so its gradient scale does not depend on T
     aggregate: str = "mean_probs"  # mean_probs (Anil et al.) | mean_kl (DML)
@@ -190,6 +193,10 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(top.timeout_s > 0, f"topology.timeout_s={top.timeout_s} must be > 0")
     _check(dist.temperature > 0, f"distill.temperature={dist.temperature} must be > 0")
     _check(dist.alpha >= 0, f"distill.alpha={dist.alpha} must be >= 0")
+    _check(
+        not dist.shard_exchange or dist.exchange == "collective",
+        f"distill.shard_exchange=true needs distill.exchange=collective (got {dist.exchange})",
+    )
     _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
     _check(dist.burn_in_steps >= 0, f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0")
     _check(dist.exchange_keep >= 1, f"distill.exchange_keep={dist.exchange_keep} must be >= 1")

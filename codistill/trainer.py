@@ -70,11 +70,12 @@ class Trainer:
         if self.last_checkpoint is not None:
             self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo)
             log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
+        shard_pg = topo.replica_pg if d.shard_exchange else None  # exchange 1/R per replica across groups
         self.exchange: Exchange
         if d.exchange == "filesystem":
             self.exchange = FilesystemExchange.for_run(cfg, topo, run_dir, self.workers, state_sizes, self.start_step)
         else:
-            self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes)
+            self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes, shard_pg)
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
         self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)
         self._window = 0
