@@ -116,6 +116,7 @@ class LoggerConfig:
     mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE or wandb's default
     tags: list[str] = field(default_factory=list)  # wandb tags of every group's run
     job_type: str = "train"  # wandb job_type of each group's run
+    group: Optional[str] = None  # wandb group joining the groups' runs; None = the run id (its directory's name)
     plots: bool = True  # write PNG plots from metrics.jsonl at the end of a run (global rank 0)
 
 

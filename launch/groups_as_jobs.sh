@@ -6,7 +6,8 @@
 #
 # Here the G jobs start on this machine in the background; on a cluster, submit one job per group with the same
 # command line (one torchrun per group, `topology.group_id=g`) and the same EXCHANGE_DIR on a shared filesystem.
-# Each group writes its own run directory, RUN_ROOT/group<g>. Extra arguments go to every group's codistill-train.
+# Each group writes its own run directory, RUN_ROOT/group<g>; with logger=wandb their runs share one wandb
+# group (logger.group). Extra arguments go to every group's codistill-train.
 set -euo pipefail
 
 NUM_GROUPS="${NUM_GROUPS:-2}"
@@ -21,7 +22,7 @@ for (( g = 0; g < NUM_GROUPS; g++ )); do
     torchrun --standalone --nnodes=1 --nproc-per-node="$REPLICAS" -m codistill.train \
         topology.groups="$NUM_GROUPS" topology.group_id="$g" \
         distill.exchange=filesystem distill.exchange_dir="$EXCHANGE_DIR" \
-        hydra.run.dir="$RUN_ROOT/group$g" "$@" &
+        hydra.run.dir="$RUN_ROOT/group$g" logger.group="$(basename "$RUN_ROOT")" "$@" &
     pids+=($!)
 done
 status=0

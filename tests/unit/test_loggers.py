@@ -74,6 +74,15 @@ def test_wandb_offline_writes_one_run_per_group(tmp_path: Path, monkeypatch: pyt
     assert all(len(list(r.glob("run-*.wandb"))) == 1 for r in runs)
 
 
+def test_wandb_group_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[FakeRun] = []
+    fake_wandb(monkeypatch, lambda **kw: runs.append(FakeRun(**kw)) or runs[-1])
+    cfg = make_config(["logger=wandb", "logger.group=exp1"])
+    topo = types.SimpleNamespace(is_main=False, groups=2, local_groups=[1], is_group_leader=lambda g: True)
+    open_sinks(cfg, topo, tmp_path / "group1", {}).close()
+    assert [(r.kwargs["name"], r.kwargs["group"]) for r in runs] == [("codistill-g1", "exp1")]
+
+
 def test_sweep_points_get_distinct_run_ids() -> None:
     assert run_id(Path("outputs/codistill/abc")) == "abc"
     assert run_id(Path("multirun/codistill/abc/1")) == "abc-1"
