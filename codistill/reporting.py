@@ -59,8 +59,8 @@ class MetricsWriter:
 def format_progress(step: int, max_steps: int, per_group: list[dict], steps_per_s: float) -> str:
     """One console line: step, per-group loss (and accuracy when evaluated), staleness, speed."""
     parts = [f"step {step}/{max_steps}"]
-    for g, rec in enumerate(per_group):
-        text = f"g{g} loss {rec['train/loss']:.4f}"
+    for rec in per_group:  # a job running one group of a separate-jobs run has one record, not group 0's
+        text = f"g{rec['group']} loss {rec['train/loss']:.4f}"
         if rec.get("train/distill"):
             text += f" (distill {rec['train/distill']:.4f})"
         if "eval/acc" in rec:

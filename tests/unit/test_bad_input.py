@@ -1,0 +1,118 @@
+"""Every bad input of the fault-tolerance issue fails fast: one `codistill: error:` line, exit code 2.
+
+Checks that happen before any process group run in this process through `codistill.train` (its composition
+preflight and `run`); the one world-size mismatch needs a real torchrun launch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from codistill import train
+from codistill.config import ConfigError, register_configs
+from codistill.topology import resolve_layout
+from tests.helpers import make_config, run_torchrun
+
+SHORT = ["trainer.max_steps=10", "distill.burn_in_steps=2", "logger.plots=false"]
+
+
+def first_run(tmp_path: Path) -> Path:
+    """A finished 2-group run with a checkpoint to resume from."""
+    run_dir = tmp_path / "first"
+    train.run(make_config(["topology.mode=simulated", *SHORT]), run_dir)
+    return run_dir
+
+
+def corrupt(tmp_path: Path) -> list[str]:
+    run_dir = first_run(tmp_path)
+    (data,) = (run_dir / "checkpoints").glob("step*/group0.pt")
+    data.write_bytes(data.read_bytes()[:-10])
+    return [f"trainer.resume={run_dir}"]
+
+
+def other_topology(tmp_path: Path) -> list[str]:
+    return [f"trainer.resume={first_run(tmp_path)}", "topology.replicas=2"]
+
+
+def unwritable_exchange(tmp_path: Path) -> list[str]:
+    (tmp_path / "file").write_text("")
+    return ["distill.exchange=filesystem", f"distill.exchange_dir={tmp_path / 'file' / 'exchange'}"]
+
+
+def shared_exchange(tmp_path: Path) -> list[str]:
+    from codistill.exchange.filesystem import claim
+
+    claim(tmp_path / "ex", "another-run-0123456789ab")
+    return ["distill.exchange=filesystem", f"distill.exchange_dir={tmp_path / 'ex'}"]
+
+
+# case -> (overrides or a function of tmp_path giving them, text the message must contain)
+CASES = {
+    "groups_below_1": (["topology.groups=0"], "topology.groups=0 must be >= 1"),
+    "temperature_0": (["distill.temperature=0"], "distill.temperature=0"),
+    "alpha_negative": (["distill.alpha=-1"], "distill.alpha=-1"),
+    "exchange_every_0": (["distill.exchange_every=0"], "distill.exchange_every=0"),
+    "burn_in_negative": (["distill.burn_in_steps=-1"], "distill.burn_in_steps=-1"),
+    "burn_in_whole_run": (["distill.burn_in_steps=10", "trainer.max_steps=10"], "would never distill"),
+    "unknown_model": (["model=resnet"], "resnet"),
+    "unknown_model_name": (["model.name=resnet"], "model.name='resnet'"),
+    "unknown_data": (["data.name=imagenet"], "data.name='imagenet'"),
+    "unknown_mode": (["distill.mode=magic"], "distill.mode='magic'"),
+    "key_typo": (["trainer.max_stepz=5"], "max_stepz"),
+    "data_missing": (["data=fashion_mnist", "data.root=/nonexistent"], "/nonexistent"),
+    "batch_not_divisible": (["topology.replicas=3"], "not divisible by the 3 replicas"),
+    "group_id_needs_filesystem": (["topology.group_id=1"], "distill.exchange=filesystem"),
+    "group_id_out_of_range": (["topology.group_id=2"], "topology.group_id=2 must be in [0"),
+    "resume_missing": (["trainer.resume=/nonexistent/run"], "no complete checkpoint there"),
+    "resume_corrupt": (corrupt, "does not match its checksum"),
+    "resume_other_topology": (other_topology, "resume with the same topology"),
+    "exchange_dir_unwritable": (unwritable_exchange, "is not usable"),
+    "exchange_dir_of_another_run": (shared_exchange, "belongs to run 'another-run-0123456789ab'"),
+    "nan_loss": (["optim.lr=1e6", "trainer.checkpoint_every=1", "trainer.log_every=1"], "is not finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_fails_with_one_line(tmp_path: Path, case: str, capsys) -> None:
+    overrides, expected = CASES[case]
+    args = [*SHORT, *(overrides(tmp_path) if callable(overrides) else overrides)]
+    capsys.readouterr()
+    register_configs()
+    with pytest.raises(SystemExit) as exit_info:
+        train.preflight(args)  # composition: unknown options and typos
+        train.run(make_config(["topology.mode=simulated", *args]), tmp_path / "run")
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codistill: error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        train.run(make_config(["topology.mode=simulated", *SHORT, "optim.lr=1e6", "trainer.checkpoint_every=1",
+                               "trainer.log_every=1"]), tmp_path)
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codistill: error:")]
+    from codistill import checkpoint
+
+    kept = checkpoint.complete_checkpoints(tmp_path / "checkpoints")
+    if kept:  # every sealed checkpoint holds finite parameters, and the message names the newest
+        assert str(kept[0]) in error
+        state = torch.load(kept[0] / "group0.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values())
+    else:
+        assert "no checkpoint was written" in error
+
+
+def test_replicas_mismatch_under_torchrun() -> None:
+    cfg = make_config(["topology.replicas=3"])
+    with pytest.raises(ConfigError, match="topology.replicas=3 but world size 4"):
+        resolve_layout(cfg.topology, env={"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+
+
+@pytest.mark.torchrun
+def test_world_size_not_divisible_by_groups() -> None:
+    job = run_torchrun(3, ["topology.groups=2", "trainer.max_steps=2"], timeout=120)
+    assert job.returncode != 0
+    assert "world size 3 is not divisible by topology.groups=2" in job.stderr
