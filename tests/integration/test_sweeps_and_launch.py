@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from codistill.compose import CONF_DIR
+from codistill.train import run
 from tests.helpers import FAST, REPO, clean_env, make_config
 
 TINY = ["trainer.max_steps=4", "distill.burn_in_steps=2", "distill.exchange_every=2", "trainer.log_every=2"]
@@ -61,3 +64,15 @@ def test_single_node_script_runs_torchrun(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "plots" / "loss.png").exists()
     assert (tmp_path / "logs" / "rank1.log").exists()
+
+
+def test_a_run_refuses_an_already_initialised_process_group(tmp_path: Path, capsys) -> None:
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run(make_config(["topology.mode=simulated", *TINY]), tmp_path / "run")
+    finally:
+        dist.destroy_process_group()
+    assert e.value.code == 2
+    assert "a process group is already initialised in this process" in capsys.readouterr().err

@@ -80,3 +80,9 @@ def test_export_is_a_plain_model_and_a_program(run_dir: Path, tmp_path: Path) ->
     program = torch.export.load(written["program"]).module()
     x = torch.randn(5, *plain["input_shape"])
     torch.testing.assert_close(program(x), model(x))
+
+
+def test_end_of_run_plotting_only_warns(tmp_path: Path, caplog) -> None:
+    (tmp_path / "metrics.jsonl").write_text("not json\n")
+    plot.plot_run_safely(tmp_path)
+    assert "plots not written: JSONDecodeError" in caplog.text
