@@ -100,3 +100,18 @@ def test_char_lstm_codistills_on_kjv(cache: Path, tmp_path: Path) -> None:
     assert all(0 < r["eval/loss"] < 6 for r in per_group) and "churn/top1" in run
     logits = trainer.workers[0].model(trainer.dataset.test_x[:3])
     assert logits.shape == (3, 16, trainer.dataset.num_classes)
+
+
+def _write_idx(path: Path, array) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype("uint8").tobytes())
+
+
+@pytest.mark.skipif(mnist.packaged_pickle() is None, reason=f"MNIST not installed ({mnist.INSTALL})")
+def test_mnist_from_idx_files_in_data_root(tmp_path: Path) -> None:
+    ds = mnist.load()
+    arrays = {"train_x": ds.train_x[:, 0], "train_y": ds.train_y, "test_x": ds.test_x[:, 0], "test_y": ds.test_y}
+    for key, stem in mnist.FILES.items():
+        _write_idx(tmp_path / stem, arrays[key].numpy())
+    again = mnist.load(str(tmp_path))
+    assert torch.equal(again.train_x, ds.train_x) and torch.equal(again.test_y, ds.test_y)
