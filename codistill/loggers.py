@@ -45,7 +45,11 @@ def run_id(run_dir: Path) -> str:
 
 
 class ProgressBar:
-    """A live progress bar on a terminal; nothing at all when stdout is not a TTY (the log lines suffice there)."""
+    """A live progress bar for a terminal: step, per-group loss/accuracy, staleness, steps/s.
+
+    `open_sinks` adds it only when stdout is a TTY, so log files and pipes get the plain log lines alone. It
+    advances at log steps (the records it receives).
+    """
 
     def __init__(self, max_steps: int, stream: TextIO = sys.stdout) -> None:
         from tqdm import tqdm

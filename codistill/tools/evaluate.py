@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -20,7 +20,11 @@ from codistill.tools.checkpoints import CheckpointError, dataset_of, load, read,
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, prepare, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict_probs(
+    model: torch.nn.Module, prepare: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Predicted probabilities of `model` on stored examples `x` (prepared batch by batch), on the CPU."""
     model.to(device)
     out = [torch.softmax(model(prepare(x[i : i + batch_size]).to(device)), -1).float().cpu()
            for i in range(0, len(x), batch_size)]
