@@ -60,17 +60,33 @@ def codistill_loss(
     psi: str,
     aggregate: str,
 ) -> LossParts:
-    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions.
+    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
+    return loss_from_logits(student(x), teacher_logits, y, alpha, temperature, psi, aggregate)
 
-    Sequence models' outputs [B, L, V] are scored at every position, as a batch of B * L predictions.
+
+def loss_from_logits(
+    logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    y: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    psi: str,
+    aggregate: str,
+    groups: int = 0,
+) -> LossParts:
+    """The loss of Algorithm 1 from the student's logits.
+
+    Sequence models' outputs [B, L, V] are scored at every position, as a batch of B * L predictions. With
+    `groups` > 0 every tensor carries a leading dimension of that many groups (the vectorised mode) and each part
+    is a vector of the groups' losses: the same arithmetic, without running the groups one by one.
     """
-    logits = student(x)
-    logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-    teacher_logits = [t.reshape(-1, t.shape[-1]) for t in teacher_logits]
-    log_p = F.log_softmax(logits, dim=-1)
-    ce = F.nll_loss(log_p, y)  # cross-entropy, keeping log_p for the soft term at T = 1
+    lead = (groups,) if groups else ()
+    logits, y = logits.reshape(*lead, -1, logits.shape[-1]), y.reshape(*lead, -1)
+    teacher_logits = [t.reshape(*lead, -1, t.shape[-1]) for t in teacher_logits]
+    log_p = F.log_softmax(logits, dim=-1)  # kept for the soft term at T = 1
+    ce = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1) if groups else F.nll_loss(log_p, y)
     if not teacher_logits:
-        return LossParts(ce, ce.detach(), torch.zeros((), device=ce.device))
+        return LossParts(ce, ce.detach(), torch.zeros_like(ce.detach()))
     log_q = log_p if temperature == 1 and psi == "kl" else None
     distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate, log_q)
     return LossParts(ce + alpha * distill, ce.detach(), distill.detach())

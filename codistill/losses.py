@@ -31,15 +31,15 @@ def kl_to_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, temper
 def kl_from_log_probs(log_q: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(target || q), batch-averaged, from the student's log-probabilities at T.
 
-    Written out (F.kl_div's formula) rather than calling F.kl_div, which has no vmap batching rule and so would
-    run group by group in the vectorised mode.
+    Written out (F.kl_div's formula) so that leading dimensions (the vectorised mode's groups) are kept: inputs are
+    [..., B, C], the result is [...].
     """
     pointwise = torch.xlogy(target_probs, target_probs) - target_probs * log_q
-    return pointwise.sum() * (temperature**2 / log_q.shape[0])
+    return pointwise.sum((-2, -1)) * (temperature**2 / log_q.shape[-2])
 
 
 def logit_mse(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (student_logits - target_logits).pow(2).sum(-1).mean()
+    return 0.5 * (student_logits - target_logits).pow(2).sum(-1).mean(-1)
 
 
 def distill_loss(
@@ -62,10 +62,10 @@ def distill_loss(
         if aggregate == "mean_probs":
             target = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
             return kl_from_log_probs(log_q, target, temperature)
-        return torch.stack([kl_from_log_probs(log_q, p, temperature) for p in probs]).mean()
+        return torch.stack([kl_from_log_probs(log_q, p, temperature) for p in probs]).mean(0)
     if psi == "logit_mse":
         if aggregate == "mean_probs":
             target = teacher_logits[0] if len(teacher_logits) == 1 else torch.stack(teacher_logits).mean(0)
             return logit_mse(student_logits, target)
-        return torch.stack([logit_mse(student_logits, t) for t in teacher_logits]).mean()
+        return torch.stack([logit_mse(student_logits, t) for t in teacher_logits]).mean(0)
     raise ValueError(f"unknown psi {psi!r}")

@@ -2,9 +2,9 @@
 
 In simulated mode the loop runs G small models one after the other, so for small models the step is dominated by
 per-operation overhead paid G times. Here the groups' parameters are stacked along a leading group dimension
-(as torch.func.stack_module_state does) and every forward is one `vmap(functional_call)`: the student forward and
-backward of all groups, the teachers' forwards (teacher j of every group at once), the loss, and one optimizer step
-over the stacked tensors. The arithmetic is the loop's, group by group, so the parameters agree with the loop (and
+(as torch.func.stack_module_state does), so a step is one `vmap(functional_call)` for every group's teachers,
+one for the students, the loss on [G, ...] tensors (codistill.algorithm.loss_from_logits), one backward and one
+optimizer step over the stacked tensors. The arithmetic is the loop's, group by group, so the parameters agree with the loop (and
 hence with torchrun) to float rounding.
 
 Each group's module keeps working unchanged: its parameters become views of its slice of the stacked tensors, so
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from codistill.algorithm import codistill_loss
+from codistill.algorithm import loss_from_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
@@ -86,28 +86,21 @@ class VectorizedGroups:
         for w in self.workers:  # every group reports (and checkpoints) the one shared optimizer and schedule
             w.optimizer, w.lr_schedule = self.optimizer, self.lr_schedule
         self._teacher_key: Optional[tuple] = None
-        self._teachers: list[Params] = []
+        self._teachers: tuple[int, Params] = (0, {})
 
     def train_step(self, step: int) -> torch.Tensor:
         """One step of every group; returns [G, 3] rows as GroupWorker.train_step returns them, stacked."""
-        w0, d = self.workers[0], self.cfg.distill
-        distilling = w0.schedule.distilling(step)
-        teachers = self._teacher_stacks() if distilling else []
-
-        def group_loss(params: Params, teacher_logits: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-            student = lambda inp: functional_call(self.base, params, (inp,))  # noqa: E731
-            parts = codistill_loss(student, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate)
-            return torch.stack([parts.total, parts.ce, parts.distill])
-
-        sums = torch.zeros(len(self.workers), 3, device=w0.device)
+        w0, d, G = self.workers[0], self.cfg.distill, len(self.workers)
+        teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
+        sums = torch.zeros(G, 3, device=w0.device)
         for r in w0.replicas:
             batches = [w._batch(step, r) for w in self.workers]
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            with torch.no_grad():
-                teacher_logits = [self._forward(t, x) for t in teachers]
-            parts = vmap(group_loss)(self.params, teacher_logits, x, y)
-            (parts[:, 0].sum() * w0.grad_scale).backward()
-            sums += parts.detach() / len(w0.replicas)
+            teacher_logits = self._teacher_logits(teachers, x) if teachers is not None else []
+            logits = self._forward(self.params, x)
+            parts = loss_from_logits(logits, teacher_logits, y, d.alpha, d.temperature, d.psi, d.aggregate, groups=G)
+            (parts.total.sum() * w0.grad_scale).backward()
+            sums += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / len(w0.replicas)
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -116,8 +109,18 @@ class VectorizedGroups:
     def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return vmap(lambda p, xb: functional_call(self.base, p, (xb,)))(params, x)
 
-    def _teacher_stacks(self) -> list[Params]:
-        """Stack j holds every group's j-th ready teacher copy (peers in ascending order, as the loop uses them).
+    @torch.no_grad()
+    def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[torch.Tensor]:
+        """All G x n teacher forwards in one vmap: the j-th teacher of every group, for every j."""
+        n, params = teachers
+        if n == 0:
+            return []
+        logits = self._forward(params, x.repeat(n, *([1] * (x.dim() - 1))))
+        return list(logits.view(n, len(self.workers), *logits.shape[1:]))
+
+    def _teacher_stack(self) -> tuple[int, Params]:
+        """n, and the copies stacked [n * G, ...]: row j * G + g is group g's j-th ready teacher copy (peers in
+        ascending order, as the loop uses them).
 
         Rebuilt only when an exchange has changed the copies, so between exchanges the step copies nothing.
         """
@@ -126,12 +129,8 @@ class VectorizedGroups:
             ready = [w.teachers.ready for w in self.workers]
             if len({len(r) for r in ready}) != 1:
                 raise RuntimeError("vectorised groups hold different numbers of teacher copies")
-            self._teachers = [
-                {
-                    n: torch.stack([w.teachers.models[peers[j]].get_parameter(n) for w, peers in zip(self.workers, ready)])
-                    for n in self.names
-                }
-                for j in range(len(ready[0]))
-            ]
+            n = len(ready[0])
+            copies = [w.teachers.models[peers[j]] for j in range(n) for w, peers in zip(self.workers, ready)]
+            self._teachers = (n, {name: torch.stack([m.get_parameter(name) for m in copies]) for name in self.names})
             self._teacher_key = key
         return self._teachers
