@@ -18,4 +18,6 @@ RUN pip install --no-cache-dir ".[wandb]" && pip install --no-cache-dir --no-dep
 
 WORKDIR /runs
 ENV NPROC=gpu OMP_NUM_THREADS=4
-ENTRYPOINT ["/bin/sh", "-c", "exec torchrun --standalone --nnodes=1 --nproc-per-node=\"$NPROC\" --no-python codistill-train \"$@\"", "codistill"]
+ENTRYPOINT ["/bin/sh", "-c", \
+    "exec torchrun --standalone --nnodes=1 --nproc-per-node=\"$NPROC\" --no-python codistill-train \"$@\"", \
+    "codistill"]

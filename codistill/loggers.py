@@ -91,7 +91,8 @@ class WandbRun:
             import wandb
 
             self.run = wandb.init(
-                project=lc.project, entity=lc.entity, name=f"{cfg.run_name}-g{group}", group=lc.group or run_id(run_dir),
+                project=lc.project, entity=lc.entity, name=f"{cfg.run_name}-g{group}",
+                group=lc.group or run_id(run_dir),
                 job_type=lc.job_type, tags=list(lc.tags), config={**config, "group": group},
                 dir=str(run_dir), mode=lc.mode, reinit="create_new",
                 settings=wandb.Settings(quiet=True, console="off"),

@@ -54,7 +54,9 @@ def format_table(rows: list[dict], run: dict) -> str:
         lines.append(f"{r['path']:<{width}}  {r['group']:>5} {r['step']:>6}  {r['eval/loss']:.4f}  {r['eval/acc']:.4f}")
     if len(rows) > 1:
         lines.append(f"{'ensemble':<{width}}  {'':>5} {'':>6}  {run['ensemble/loss']:.4f}  {run['ensemble/acc']:.4f}")
-        lines.append(f"churn: top-1 disagreement {run['churn/top1']:.4f}, mean |p_a - p_b|_1 {run['churn/prob_l1']:.4f}")
+        lines.append(
+            f"churn: top-1 disagreement {run['churn/top1']:.4f}, mean |p_a - p_b|_1 {run['churn/prob_l1']:.4f}"
+        )
     lines.append(f"({run['examples']} held-out examples of {run['dataset']})")
     return "\n".join(lines)
 
@@ -65,7 +67,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--examples", type=int, default=0, help="score the first N held-out examples (0 = all)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--data-root", default=None, help="where the dataset's files are, if not where the run had them")
+    parser.add_argument("--data-root", default=None, help="the dataset's directory, if not where the run found it")
     args = parser.parse_args(argv)
     try:
         rows, run = evaluate(args.checkpoints, args.examples, args.batch_size, args.device, args.data_root)

@@ -68,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="codistill-export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="one group's final.pt")
     parser.add_argument("out_dir", type=Path, help="directory for model.pt and model.pt2")
-    parser.add_argument("--data-root", default=None, help="where the dataset's files are, if not where the run had them")
+    parser.add_argument("--data-root", default=None, help="the dataset's directory, if not where the run found it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="codistill-export: %(message)s")
     try:
