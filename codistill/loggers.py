@@ -9,6 +9,7 @@ group's records, and group 0's run also receives the run-level records (ensemble
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Protocol, TextIO
@@ -81,18 +82,23 @@ class ProgressBar:
 
 
 class WandbRun:
-    """One wandb run per group, on that group's replica 0. Any wandb failure becomes a warning, never an error."""
+    """One wandb run per group, on that group's replica 0. Any wandb failure becomes a warning, never an error.
+
+    The wandb run id is derived from the run id and the group, so a run resumed in its directory continues the
+    same wandb runs instead of starting new ones.
+    """
 
     def __init__(self, cfg: Any, group: int, run_dir: Path, config: dict, with_run_records: bool) -> None:
         self.group, self.with_run_records = group, with_run_records
         self.run: Any = None
         lc = cfg.logger
+        wandb_group = lc.group or run_id(run_dir)
         try:
             import wandb
 
             self.run = wandb.init(
-                project=lc.project, entity=lc.entity, name=f"{cfg.run_name}-g{group}",
-                group=lc.group or run_id(run_dir),
+                project=lc.project, entity=lc.entity, name=f"{cfg.run_name}-g{group}", group=wandb_group,
+                id=re.sub(r"[^\w.-]", "-", f"{cfg.run_name}-{wandb_group}-g{group}"), resume="allow",
                 job_type=lc.job_type, tags=list(lc.tags), config={**config, "group": group},
                 dir=str(run_dir), mode=lc.mode, reinit="create_new",
                 settings=wandb.Settings(quiet=True, console="off"),

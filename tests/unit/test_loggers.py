@@ -43,6 +43,7 @@ def test_one_wandb_run_per_group_with_run_records_in_group0(tmp_path: Path, monk
     trainer.close()
     assert [r.kwargs["name"] for r in runs] == ["demo-g0", "demo-g1"]
     assert {r.kwargs["group"] for r in runs} == {"2026-01-01_00-00-00"}
+    assert [r.kwargs["id"] for r in runs] == ["demo-2026-01-01_00-00-00-g0", "demo-2026-01-01_00-00-00-g1"]
     assert all(r.kwargs["job_type"] == "train" and r.finished for r in runs)
     assert runs[0].kwargs["config"]["distill"]["exchange_every"] == 2 and runs[1].kwargs["config"]["group"] == 1
     keys0 = set().union(*(d for _, d in runs[0].logged))
