@@ -115,8 +115,9 @@ class VectorizedGroups:
         n, params = teachers
         if n == 0:
             return []
-        logits = self._forward(params, x.repeat(n, *([1] * (x.dim() - 1))))
-        return list(logits.view(n, len(self.workers), *logits.shape[1:]))
+        G = len(self.workers)
+        per_teacher = {name: t.view(n, G, *t.shape[1:]) for name, t in params.items()}
+        return list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers, not copied
 
     def _teacher_stack(self) -> tuple[int, Params]:
         """n, and the copies stacked [n * G, ...]: row j * G + g is group g's j-th ready teacher copy (peers in

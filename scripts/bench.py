@@ -61,6 +61,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--vec-groups", type=int, default=4, help="G of the vectorised-vs-loop comparison (0 = skip)")
+    p.add_argument("--vec-features", type=int, default=32, help="input width of its small MLPs")
     p.add_argument("--vec-hidden", default="64,64", help="hidden widths of its small MLPs")
     p.add_argument("--vec-batch", type=int, default=64)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -75,9 +76,9 @@ def make_config(overrides: Sequence[str]) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
-def base_overrides(a: argparse.Namespace, groups: int, hidden: str, batch: int) -> list[str]:
+def base_overrides(a: argparse.Namespace, groups: int, features: int, hidden: str, batch: int) -> list[str]:
     return [
-        "data=synthetic", f"data.num_features={a.features}", f"model.hidden=[{hidden}]", f"trainer.batch_size={batch}",
+        "data=synthetic", f"data.num_features={features}", f"model.hidden=[{hidden}]", f"trainer.batch_size={batch}",
         f"topology.groups={groups}", "topology.device=cpu", "trainer.max_steps=1000000", "trainer.eval_every=0",
         "logger.plots=false", "distill.burn_in_steps=0", f"distill.exchange_every={a.exchange_every}",
         f"distill.shard_exchange={str(a.shard_exchange).lower()}",
@@ -118,7 +119,7 @@ def worst_over_ranks(medians: dict[str, float]) -> dict[str, float]:
 
 def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
     G, R = topo.groups, topo.replicas
-    common = base_overrides(a, G, a.hidden, a.batch) + ["topology.mode=" + topo.layout.mode]
+    common = base_overrides(a, G, a.features, a.hidden, a.batch) + ["topology.mode=" + topo.layout.mode]
     plain = build(topo, [*common, "distill=none"], tmp / "plain")
     codist = build(topo, common, tmp / "codistill")
     codist._exchange(0)  # load teacher copies, as after burn-in
@@ -166,7 +167,7 @@ def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
 
 
 def vectorized_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
-    common = base_overrides(a, a.vec_groups, a.vec_hidden, a.vec_batch) + ["topology.mode=simulated"]
+    common = base_overrides(a, a.vec_groups, a.vec_features, a.vec_hidden, a.vec_batch) + ["topology.mode=simulated"]
     loop = build(topo, common, tmp / "loop")
     vec = build(topo, [*common, "topology.vectorize=true"], tmp / "vec")
     if vec.vectorized is None:
@@ -180,7 +181,7 @@ def vectorized_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> di
 
     med = interleaved({"loop_step": loop_step, "vectorized_step": vec.vectorized.train_step}, a.repeats, a.warmup, lambda: None)
     return {
-        "groups": a.vec_groups, "hidden": a.vec_hidden, "batch": a.vec_batch,
+        "groups": a.vec_groups, "model": f"MLP {a.vec_features}-{a.vec_hidden.replace(',', '-')}-10", "batch": a.vec_batch,
         "median_ms": {k: v * 1e3 for k, v in med.items()},
         "speedup": med["loop_step"] / med["vectorized_step"],
     }
@@ -209,7 +210,7 @@ def markdown(res: dict) -> str:
         v = res["vectorized"]
         lines += [
             "",
-            f"## vectorised vs per-group loop, {v['groups']} groups, MLP [{v['hidden']}], batch {v['batch']}",
+            f"## vectorised vs per-group loop, {v['groups']} groups, {v['model']}, batch {v['batch']}",
             "",
             f"- loop {v['median_ms']['loop_step']:.2f} ms, vectorised {v['median_ms']['vectorized_step']:.2f} ms: "
             f"**{v['speedup']:.2f}x** (target >= 2x)",
