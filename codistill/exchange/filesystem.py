@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from codistill.checkpoint import StorageError, atomic_write
 from codistill.config import ConfigError
@@ -70,8 +71,6 @@ def run_identity(cfg: Any) -> str:
         "optim": cfg.optim,
         "batch_size": cfg.trainer.batch_size,
     }
-    from omegaconf import OmegaConf
-
     text = json.dumps(OmegaConf.to_container(OmegaConf.create(shared), resolve=True), sort_keys=True)
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
