@@ -42,6 +42,11 @@ def unwritable_exchange(tmp_path: Path) -> list[str]:
     return ["distill.exchange=filesystem", f"distill.exchange_dir={tmp_path / 'file' / 'exchange'}"]
 
 
+def unwritable_output(tmp_path: Path) -> list[str]:
+    (tmp_path / "run").write_text("")  # the run directory's path is taken by a file
+    return []
+
+
 def shared_exchange(tmp_path: Path) -> list[str]:
     from codistill.exchange.filesystem import claim
 
@@ -70,6 +75,7 @@ CASES = {
     "resume_corrupt": (corrupt, "does not match its checksum"),
     "resume_other_topology": (other_topology, "resume with the same topology"),
     "exchange_dir_unwritable": (unwritable_exchange, "is not usable"),
+    "output_dir_unwritable": (unwritable_output, "output directory (hydra.run.dir)="),
     "exchange_dir_of_another_run": (shared_exchange, "belongs to run 'another-run-0123456789ab'"),
     "nan_loss": (["optim.lr=1e6", "trainer.checkpoint_every=1", "trainer.log_every=1"], "is not finite"),
 }
