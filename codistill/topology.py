@@ -181,9 +181,14 @@ class Topology:
         return self.layout.rank - self.layout.replica
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor over every rank of the world (identity in simulated mode, where every row is local)."""
+        """Sum a tensor over every rank of the world (identity in simulated mode, where every row is local).
+
+        The reduction runs on this rank's device (NCCL reduces CUDA tensors only); the result lands in `t`.
+        """
         if self.mesh is not None:
-            dist.all_reduce(t)
+            on_device = t.to(self.device)
+            dist.all_reduce(on_device)
+            t.copy_(on_device)
         return t
 
     def check_agree(self, value: str, what: str) -> None:
