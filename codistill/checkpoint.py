@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -213,6 +214,6 @@ def restore_training(path: Path, workers: dict[int, Any], topo: Any) -> int:
             w.load_state_dict(state)
             step = state["step"]
         set_rng_state(load(path / f"rng-rank{topo.layout.rank}.pt"), workers)
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
         raise ConfigError(f"resume checkpoint {path} does not fit this run: {str(e).splitlines()[0]}") from None
     return int(step)
