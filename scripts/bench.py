@@ -166,8 +166,9 @@ def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
     }
 
 
-def vectorized_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
+def vectorized_benchmark(a: argparse.Namespace, tmp: Path) -> dict:
     common = base_overrides(a, a.vec_groups, a.vec_features, a.vec_hidden, a.vec_batch) + ["topology.mode=simulated"]
+    topo = Topology.start(resolve_layout(make_config(common).topology, env={}), "cpu")  # its own G, one process
     loop = build(topo, common, tmp / "loop")
     vec = build(topo, [*common, "topology.vectorize=true"], tmp / "vec")
     if vec.vectorized is None:
@@ -241,7 +242,7 @@ def main(argv: Sequence[str]) -> None:
             }
             res.update({k: res["step"][k] for k in ("ratio_vs_ddp", "bound", "ratio_over_bound", "exchange_share")})
             if topo.simulated and a.vec_groups > 1:
-                res["vectorized"] = vectorized_benchmark(a, topo, tmp)
+                res["vectorized"] = vectorized_benchmark(a, tmp)
         clean = True
     finally:
         topo.shutdown(clean)
