@@ -15,6 +15,8 @@ CASES = {
     # two simulated replicas with dropout: each replica's random stream must continue where it stopped
     "dropout_2_replicas": ["topology.replicas=2", "model.dropout=0.2", "optim.name=adam"],
     "plain_sgd": [],
+    # stacked groups share one optimizer over stacked tensors; the checkpoint must restore it through the views
+    "vectorized": ["topology.vectorize=true", "optim.name=adam"],
 }
 
 
