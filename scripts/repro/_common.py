@@ -60,12 +60,17 @@ def parser(description: str, steps: int, seeds: int = 3) -> argparse.ArgumentPar
     return p
 
 
-def smoke_overrides(args: argparse.Namespace) -> list[str]:
-    """Tiny settings for CI: every code path of the script runs, no number means anything."""
+def smoke_overrides(args: argparse.Namespace, language_model: bool = False) -> list[str]:
+    """Tiny settings for CI: every code path of the script runs, no number means anything.
+
+    Classifiers switch to the synthetic dataset; a language model keeps its corpus and shrinks instead.
+    """
     if not args.smoke:
         return []
     args.seeds = min(args.seeds, 2)
     args.steps = 20
+    if language_model:
+        return ["data.eval_examples=64", "model.rnn_hidden=16", "trainer.batch_size=8"]
     return ["data=synthetic", "data.eval_examples=128", "trainer.batch_size=32"]
 
 

@@ -7,7 +7,7 @@ A "retrain" is a run with another seed (other initialisation and data order). Ch
 fraction of test examples whose top-1 predictions differ, and the mean L1 distance of their predicted
 probabilities, between group 0 of one retrain and group 0 of another; we average over all pairs of retrains.
 Paper (Criteo, a 2-way codistilled model vs its baseline): about 35% lower prediction churn.
-Runs are shared with anil_fmnist.py (same experiment, same run directories) when --out matches.
+Runs are shared with anil.py (same experiment, same run directories).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from _common import REPO, markdown_table, mean_std, parser, report, run_variant,
 
 from codistill.metrics import churn
 
-VARIANTS = {"baseline (independent)": ["distill=none"], "codistill K=50 shared": ["distill.exchange_every=50"]}
+VARIANTS = {"baseline (independent)": ("baseline", ["distill=none"]),
+            "codistill K=50 shared": ("shared", ["distill.exchange_every=50"])}
 
 
 def main() -> None:
@@ -29,9 +30,9 @@ def main() -> None:
     smoke = smoke_overrides(args)
     burn_in = max(1, args.steps // 10)
     rows, summary = [], {}
-    for name, overrides in VARIANTS.items():
+    for name, (short, overrides) in VARIANTS.items():
         runs = run_variant(
-            args.out, name.replace(" ", "_").replace("(", "").replace(")", ""),
+            args.out, short,
             ["experiment=anil_fmnist", f"distill.burn_in_steps={burn_in}", *overrides, *smoke],
             args.seeds, args.steps, max(1, args.steps // 12),
         )

@@ -10,25 +10,28 @@ baseline narrows or reverses as weight decay is lowered.
 
 from __future__ import annotations
 
-from _common import markdown_table, mean_std, parser, report, run_variant, smoke_overrides
+from _common import REPO, markdown_table, mean_std, parser, report, run_variant, smoke_overrides
 
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
-MODES = {"baseline": ["distill=none"], "codistill": ["distill.exchange_every=50"]}
+# mode -> (run name in anil.py's directory, overrides); the weight-decay-0 runs are anil.py's own
+MODES = {"baseline": ("baseline", ["distill=none"]), "codistill": ("shared", ["distill.exchange_every=50"])}
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], steps=3000).parse_args()
+    p = parser(__doc__.splitlines()[0], steps=3000)
+    p.set_defaults(out=REPO / "runs" / "repro" / "anil_fmnist")
+    args = p.parse_args()
     smoke = smoke_overrides(args)
     burn_in = max(1, args.steps // 10)
     rows = []
     for wd in WEIGHT_DECAYS:
         runs = {
             mode: run_variant(
-                args.out, f"{mode}_wd{wd:g}",
+                args.out, short if wd == 0 else f"{short}_wd{wd:g}",
                 ["experiment=anil_fmnist", f"distill.burn_in_steps={burn_in}", f"optim.weight_decay={wd}", *o, *smoke],
                 args.seeds, args.steps, max(1, args.steps // 12),
             )
-            for mode, o in MODES.items()
+            for mode, (short, o) in MODES.items()
         }
         loss = {m: [r.final("eval/loss") for r in rs] for m, rs in runs.items()}
         acc = {m: [100 * r.final("eval/acc") for r in rs] for m, rs in runs.items()}
@@ -43,7 +46,7 @@ def main() -> None:
          "codistill acc %", "gap (acc points)"],
         rows,
     )
-    report(args.out, "Sodhani et al. 2020: weight decay and the codistillation gap (Fashion-MNIST MLP)",
+    report(args.out / "weight_decay", "Sodhani et al. 2020: weight decay and the codistillation gap (Fashion-MNIST MLP)",
            "python scripts/repro/sodhani_weight_decay.py" + (" --smoke" if args.smoke else ""), table,
            f"Mean ± std over {args.seeds} seeds (gaps paired by seed), {args.steps} steps each.")
 
