@@ -81,12 +81,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
     trainer, clean = None, False
     try:
+        topo.check_agree(str(run_dir.resolve()), "run directory")
         trainer = Trainer(cfg, topo, run_dir)
         trainer.fit()
         clean = True
-        if topo.is_main and cfg.logger.plots:
-            plot_run_safely(run_dir)
-        return {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
+        result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
     except (DataMissingError, NonFiniteLossError, ConfigError) as e:
         clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
         fail(str(e))
@@ -97,6 +96,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
             trainer.close()
         del trainer
         topo.shutdown(clean)
+    if topo.is_main and cfg.logger.plots:
+        plot_run_safely(run_dir)  # after shutdown: no other rank waits in a collective while rank 0 draws
+    return result
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
