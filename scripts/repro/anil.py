@@ -1,6 +1,6 @@
 """Anil et al. 2018: does 2-way codistillation reach the independent baseline's quality in fewer steps?
 
-    python scripts/repro/anil.py                               # Fashion-MNIST MLP, 3 seeds x 6 variants x 3000 steps
+    python scripts/repro/anil.py                               # Fashion-MNIST MLP, 3 seeds x 6 variants x 2000 steps
     python scripts/repro/anil.py --experiment anil_kjv --variants baseline shared disjoint   # char-level LSTM LM
     python scripts/repro/anil.py --smoke                       # seconds; checks the script, not the claim
 
@@ -29,7 +29,7 @@ TITLES = {"anil_fmnist": "Fashion-MNIST MLP", "anil_kjv": "KJV character-level L
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0], steps=3000)
+    p = parser(__doc__.splitlines()[0], steps=2000)
     p.add_argument("--experiment", default="anil_fmnist", choices=sorted(TITLES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()

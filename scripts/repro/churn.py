@@ -1,6 +1,6 @@
 """Anil et al. 2018's reproducibility claim: codistilled models churn less between retrains than independent ones.
 
-    python scripts/repro/churn.py            # 4 retrains each of baseline and codistill (~12 min on 2 CPU cores)
+    python scripts/repro/churn.py            # 3 retrains each of baseline and codistill (reuses anil.py runs)
     python scripts/repro/churn.py --smoke
 
 A "retrain" is a run with another seed (other initialisation and data order). Churn between two retrains is the
@@ -24,7 +24,7 @@ VARIANTS = {"baseline (independent)": ("baseline", ["distill=none"]),
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0], steps=3000, seeds=4)
+    p = parser(__doc__.splitlines()[0], steps=2000, seeds=3)
     p.set_defaults(out=REPO / "runs" / "repro" / "anil_fmnist")
     args = p.parse_args()
     smoke = smoke_overrides(args)

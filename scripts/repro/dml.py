@@ -1,6 +1,6 @@
 """Zhang et al. 2018, Deep Mutual Learning: do students trained as a cohort beat the same students trained alone?
 
-    python scripts/repro/dml.py              # 3 seeds, cohorts of 2 and 3 (~15 min on 2 CPU cores)
+    python scripts/repro/dml.py              # 3 seeds, cohorts of 2 and 3
     python scripts/repro/dml.py --smoke
 
 Same steps, data and architecture (experiment=dml_fmnist: a 784-256-256-10 MLP on Fashion-MNIST) for every variant:
@@ -26,7 +26,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], steps=3000).parse_args()
+    args = parser(__doc__.splitlines()[0], steps=2000).parse_args()
     smoke = smoke_overrides(args)
     runs = {
         name: run_variant(

@@ -1,6 +1,6 @@
 """Hinton, Vinyals, Dean 2015 on MNIST: a distilled small net recovers most of a big net's advantage.
 
-    python scripts/repro/hinton_mnist.py          # 3 seeds x (teacher, student, distilled student) (~15 min, 2 cores)
+    python scripts/repro/hinton_mnist.py          # 3 seeds x (teacher, student, distilled student)
     python scripts/repro/hinton_mnist.py --smoke
 
 Teacher: 784-1200-1200-10 with dropout (0.5 hidden, 0.2 input). Student: 784-800-800-10, no regularisation,
@@ -17,7 +17,7 @@ from _common import markdown_table, mean_std, parser, plot_curves, report, run_v
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], steps=6000).parse_args()
+    args = parser(__doc__.splitlines()[0], steps=3000).parse_args()
     smoke = smoke_overrides(args)
     eval_every = max(1, args.steps // 12)
     base = ["experiment=hinton_mnist", *smoke]

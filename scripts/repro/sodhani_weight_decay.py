@@ -1,6 +1,6 @@
 """Sodhani et al. 2020: codistillation regularises; with it, less weight decay is needed to match the baseline.
 
-    python scripts/repro/sodhani_weight_decay.py     # 3 seeds x 2 modes x 3 weight decays (~20 min on 2 CPU cores)
+    python scripts/repro/sodhani_weight_decay.py     # 3 seeds x 2 modes x 3 weight decays (wd 0 reuses anil.py runs)
     python scripts/repro/sodhani_weight_decay.py --smoke
 
 For each weight decay, train the independent baseline and 2-way codistillation (experiment=anil_fmnist) and report
@@ -18,7 +18,7 @@ MODES = {"baseline": ("baseline", ["distill=none"]), "codistill": ("shared", ["d
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0], steps=3000)
+    p = parser(__doc__.splitlines()[0], steps=2000)
     p.set_defaults(out=REPO / "runs" / "repro" / "anil_fmnist")
     args = p.parse_args()
     smoke = smoke_overrides(args)
