@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -159,8 +160,9 @@ def plot_curves(
     plt.close(fig)
 
 
-def report(out: Path, title: str, command: str, table: str, notes: str = "") -> None:
+def report(out: Path, title: str, table: str, notes: str = "") -> None:
     """Print the table and keep a copy (with the command that produced it) next to the runs."""
+    command = shlex.join(["python", *sys.argv])
     text = f"## {title}\n\n`{command}`\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)

@@ -73,9 +73,8 @@ def main() -> None:
         f"value is the mean of its 2 groups. {args.steps} steps, burn-in {burn_in}, cosine LR "
         f"(experiment={args.experiment}). Curves: eval_loss.png, eval_acc.png."
     )
-    command = f"python scripts/repro/anil.py --experiment {args.experiment} --variants {' '.join(args.variants)}"
     report(args.out, f"Anil et al. 2018: codistillation vs independent training ({TITLES[args.experiment]})",
-           command + (" --smoke" if args.smoke else ""), table, notes)
+           table, notes)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,7 @@ def main() -> None:
         f"Relative change in top-1 churn between retrains, codistill vs baseline: {100 * (codist - base) / base:+.1f}% "
         f"(paper: about -35% on Criteo). {args.seeds} retrains per variant, {args.steps} steps each."
     )
-    report(args.out / "churn", "Anil et al. 2018: prediction churn between retrains (Fashion-MNIST MLP)",
-           "python scripts/repro/churn.py" + (" --smoke" if args.smoke else ""), table, notes)
+    report(args.out / "churn", "Anil et al. 2018: prediction churn between retrains (Fashion-MNIST MLP)", table, notes)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,7 @@ def main() -> None:
         rows,
     )
     plot_curves(args.out / "eval_acc.png", runs, "eval/acc", "student test accuracy (mean over the cohort)")
-    report(args.out, "Zhang et al. 2018: Deep Mutual Learning cohorts vs independent students (Fashion-MNIST MLP)",
-           "python scripts/repro/dml.py" + (" --smoke" if args.smoke else ""), table,
+    report(args.out, "Zhang et al. 2018: Deep Mutual Learning cohorts vs independent students (Fashion-MNIST MLP)", table,
            f"Mean ± std over {args.seeds} seeds, {args.steps} steps each. Curve: eval_acc.png.")
 
 

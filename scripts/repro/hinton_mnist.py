@@ -53,8 +53,7 @@ def main() -> None:
     )
     plot_curves(args.out / "eval_acc.png", {"teacher": teachers, "student": students, "distilled": distilled},
                 "eval/acc", "test accuracy")
-    report(args.out, "Hinton et al. 2015: distilling an MNIST teacher into a smaller student",
-           "python scripts/repro/hinton_mnist.py" + (" --smoke" if args.smoke else ""), table, notes)
+    report(args.out, "Hinton et al. 2015: distilling an MNIST teacher into a smaller student", table, notes)
     print(f"median gap closed: {statistics.median(gap_closed) if gap_closed else float('nan'):.1f} %")
 
 

@@ -46,8 +46,7 @@ def main() -> None:
          "codistill acc %", "gap (acc points)"],
         rows,
     )
-    report(args.out / "weight_decay", "Sodhani et al. 2020: weight decay and the codistillation gap (Fashion-MNIST MLP)",
-           "python scripts/repro/sodhani_weight_decay.py" + (" --smoke" if args.smoke else ""), table,
+    report(args.out / "weight_decay", "Sodhani et al. 2020: weight decay and the codistillation gap (Fashion-MNIST MLP)", table,
            f"Mean ± std over {args.seeds} seeds (gaps paired by seed), {args.steps} steps each.")
 
 
