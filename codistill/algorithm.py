@@ -10,6 +10,12 @@
 
 Exchanges start at the end of burn-in (no bytes move while nobody distills) and then happen every K steps, so a
 teacher copy is at most K steps stale. Hinton's KD is this loss with a fixed teacher; DML is K = 1 with `mean_kl`.
+
+The baseline `distill.mode=average` is post-local SGD (Lin et al. 2020, "Don't use large mini-batches, use local
+SGD"; torch.distributed.algorithms.model_averaging.PeriodicModelAverager): nobody distills, and each exchange
+replaces every group's state with the groups' mean. It exchanges before step 0 (all groups start from group 0's
+initialisation, as DDP starts every rank from rank 0's), before every step up to burn-in (averaging after every
+step: with SGD and momentum this is synchronous SGD over all groups' batches, the warm-up phase), then every K steps.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ class Schedule:
     burn_in_steps: int
     exchange_every: int
     exchanging: bool = True  # False for mode=kd: the teacher is fixed, nothing is exchanged
+    averaging: bool = False  # mode=average with G > 1: exchanges average the groups' states (enabled is False)
 
     def distilling(self, step: int) -> bool:
         return self.enabled and step >= self.burn_in_steps
 
     def exchange_before(self, step: int) -> bool:
+        if self.averaging:
+            return step <= self.burn_in_steps or step % self.exchange_every == 0
         if not (self.exchanging and self.distilling(step)):
             return False
         return step == self.burn_in_steps or step % self.exchange_every == 0

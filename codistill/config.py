@@ -51,7 +51,7 @@ class DataConfig:
 class DistillConfig:
     """Which distillation the engine runs. `mode` picks the recipe; the rest are its knobs."""
 
-    mode: str = "codistill"  # none | codistill | dml | kd
+    mode: str = "codistill"  # none | codistill | dml | kd | average (post-local SGD baseline: no distillation)
     burn_in_steps: int = 100  # label loss only for the first steps (Alg. 1, first loop)
     exchange_every: int = 50  # K: refresh teacher copies every K steps
     # collective: replica r fetches the r-th 1/R shard of each peer's state across groups, then the group
@@ -139,7 +139,7 @@ class Config:
 MODELS = ("mlp", "cnn", "char_lstm")
 DATASETS = ("fashion_mnist", "mnist", "kjv_chars", "synthetic")
 SEQUENCE_MODELS, SEQUENCE_DATASETS = ("char_lstm",), ("kjv_chars",)  # next-token models need token data and back
-MODES = ("none", "codistill", "dml", "kd")
+MODES = ("none", "codistill", "dml", "kd", "average")
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
 EXCHANGES = ("collective", "filesystem")
@@ -206,6 +206,11 @@ def validate(cfg: Any, replicas: int) -> None:
         f"topology.group_id={top.group_id} must be in [0, topology.groups={top.groups})",
     )
     _check(
+        dist.mode != "average" or (dist.exchange == "collective" and not cfg.model_per_group),
+        "distill.mode=average averages the groups' states in step: it needs distill.exchange=collective and one "
+        "architecture for every group (model_per_group empty)",
+    )
+    _check(
         top.group_id is None or dist.mode == "none" or dist.exchange == "filesystem",
         f"topology.group_id={top.group_id} runs one group per job, and only distill.exchange=filesystem reaches "
         "groups in other jobs: add distill.exchange=filesystem distill.exchange_dir=<shared dir>",
@@ -217,7 +222,7 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(
-        dist.mode == "none" or dist.burn_in_steps < tr.max_steps or top.groups == 1,
+        dist.mode in ("none", "average") or dist.burn_in_steps < tr.max_steps or top.groups == 1,
         f"distill.burn_in_steps={dist.burn_in_steps} >= trainer.max_steps={tr.max_steps}: the run would never "
         "distill; lower burn_in_steps or set distill.mode=none",
     )

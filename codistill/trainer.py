@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from codistill import checkpoint, cohort, metrics, vectorized
 from codistill.algorithm import Schedule
 from codistill.data import load_dataset
-from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange
+from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
 from codistill.kd import load_teacher
 from codistill.models import build_model
 from codistill.loggers import open_sinks
@@ -49,8 +49,10 @@ class Trainer:
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
         kd = d.mode == "kd"
+        average = d.mode == "average" and topo.groups > 1
         self.schedule = Schedule(
-            kd or (d.mode != "none" and topo.groups > 1), d.burn_in_steps, d.exchange_every, exchanging=not kd
+            kd or (d.mode not in ("none", "average") and topo.groups > 1), d.burn_in_steps, d.exchange_every,
+            exchanging=not kd, averaging=average,
         )
         models = cohort.group_models(cfg)
         cohort.check_classes(models, self.dataset.num_classes)
@@ -112,11 +114,23 @@ class Trainer:
     def _exchange(self, step: int) -> None:
         local = {g: w.flat_state() for g, w in self.workers.items()}
         snapshots = self.exchange.exchange(step, local)
+        if self.schedule.averaging:
+            self._average(step, snapshots)
+            return
         for g, w in self.workers.items():
             for peer in w.teachers.models:
                 if peer in snapshots:  # else: no (newer) snapshot of that peer; its copy stays as it is
                     w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
         log.debug("exchange at step %d", step)
+
+    def _average(self, step: int, snapshots: dict[int, Snapshot]) -> None:
+        """Post-local SGD: every group continues from the groups' mean state (optimizer state stays local, as in
+        PeriodicModelAverager); before step 0 from group 0's, as DDP starts every rank from rank 0's."""
+        flats = [snapshots[g].flat for g in sorted(snapshots)]
+        state = flats[0] if step == 0 else torch.stack(flats).mean(0)
+        for w in self.workers.values():
+            w.flattener.load(w.model, state)
+        log.debug("averaged the groups' states at step %d", step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
     def _report(self, step: int, evaluate: bool) -> None:
