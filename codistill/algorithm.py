@@ -21,6 +21,7 @@ step: with SGD and momentum this is synchronous SGD over all groups' batches, th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,15 @@ class Schedule:
     exchange_every: int
     exchanging: bool = True  # False for mode=kd: the teacher is fixed, nothing is exchanged
     averaging: bool = False  # mode=average with G > 1: exchanges average the groups' states (enabled is False)
+
+    @classmethod
+    def from_config(cls, d: Any, groups: int) -> "Schedule":
+        """The schedule of the `distill` config section for G = `groups`."""
+        kd = d.mode == "kd"
+        return cls(
+            kd or (d.mode not in ("none", "average") and groups > 1), d.burn_in_steps, d.exchange_every,
+            exchanging=not kd, averaging=d.mode == "average" and groups > 1,
+        )
 
     def distilling(self, step: int) -> bool:
         return self.enabled and step >= self.burn_in_steps

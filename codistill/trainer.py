@@ -49,11 +49,7 @@ class Trainer:
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
         kd = d.mode == "kd"
-        average = d.mode == "average" and topo.groups > 1
-        self.schedule = Schedule(
-            kd or (d.mode not in ("none", "average") and topo.groups > 1), d.burn_in_steps, d.exchange_every,
-            exchanging=not kd, averaging=average,
-        )
+        self.schedule = Schedule.from_config(d, topo.groups)
         models = cohort.group_models(cfg)
         cohort.check_classes(models, self.dataset.num_classes)
 

@@ -39,3 +39,10 @@ def test_anil_on_the_character_language_model(tmp_path: Path) -> None:
 def test_script_writes_its_table_and_curves(tmp_path: Path, script: str) -> None:
     smoke(script, tmp_path)
     assert (tmp_path / "table.md").exists() and (tmp_path / "eval_acc.png").exists()
+
+
+def test_baselines_table_has_every_variant_and_its_bytes(tmp_path: Path) -> None:
+    out = smoke("baselines.py", tmp_path, "--seeds", "1")
+    for label in ("independent groups", "codistillation", "post-local SGD", "synchronous SGD / DDP"):
+        assert f"| {label}" in out
+    assert "| 0.0 | 0.0 |" in out  # independent groups communicate nothing
