@@ -29,6 +29,14 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
 
 
+def native_threads() -> int | str:
+    """Threads of this process as the OS sees them (gloo's and the store's included); '?' off Linux."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return "?"
+
+
 def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
     return all(k in env for k in _TORCHRUN_ENV)
 
@@ -220,3 +228,4 @@ class Topology:
             dist.destroy_process_group()
             self._owns_process_group = False
             gc.collect()  # join the backend's threads now, not during interpreter shutdown
+            log.info("process groups destroyed; %s native threads left in this process", native_threads())
