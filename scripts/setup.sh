@@ -16,7 +16,7 @@ if ! dpkg -s $packages >/dev/null 2>&1; then
   fi
 fi
 
-python -m pip install -q --upgrade pip >/dev/null
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ "${CODISTILL_TORCH:-cpu}" != "skip" ]; then
   python -m pip install -q "torch==2.13.0"
 fi
