@@ -101,7 +101,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     return result
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN and launched_by_torchrun():
         fail("--multirun under torchrun would re-initialise the process group in one process: "

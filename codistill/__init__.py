@@ -1,0 +1,8 @@
+"""codistill: distributed online codistillation (Anil et al. 2018) for PyTorch.
+
+G worker groups each train one model with synchronous data parallelism over R replicas; every K steps they exchange
+parameters, and after a burn-in each group distils from its stale copies of the others. `python -m codistill.train`
+runs it in one process (simulated workers) or under torchrun.
+"""
+
+__version__ = "0.1.0"
