@@ -53,13 +53,15 @@ def main() -> None:
     for name, rs in runs.items():
         reached = [first_step_reaching(r.group_curve("eval/loss"), target) for r in rs]
         speedups = [args.steps / s for s in reached if s]
+        is_baseline = rs is baseline
         rows.append([
             name,
             mean_std([r.final("eval/loss") for r in rs]),
             mean_std([100 * r.final("eval/acc") for r in rs]),
             mean_std([100 * r.final("ensemble/acc") for r in rs]),
-            mean_std([s for s in reached if s]) + f" ({sum(1 for s in reached if s)}/{len(rs)} reached)",
-            mean_std(speedups) if speedups else "never",
+            "(the target)" if is_baseline else
+            mean_std([s for s in reached if s]) + f" ({sum(1 for s in reached if s)}/{len(rs)} seeds reached it)",
+            "1 (by definition)" if is_baseline else (mean_std(speedups) + "x" if speedups else "never reached"),
         ])
     table = markdown_table(
         ["variant", "test loss", "test acc %", "2-group ensemble acc %", "steps to baseline's final loss",
