@@ -35,6 +35,7 @@ class Run:
     seed: int
     run_dir: Path
     records: list[dict] = field(default_factory=list)
+    failed: Optional[str] = None  # why the run stopped early (e.g. a non-finite loss); its numbers are NaN
 
     def group_curve(self, key: str, group: Optional[int] = None) -> list[tuple[int, float]]:
         """(step, value) of `key`, for one group or averaged over the groups."""
@@ -48,6 +49,8 @@ class Run:
         return sorted((r["step"], r[key]) for r in self.records if r.get("group") is None and key in r)
 
     def final(self, key: str, group: Optional[int] = None) -> float:
+        if self.failed:
+            return math.nan
         curve = self.group_curve(key, group) if not key.startswith(("ensemble/", "churn/")) else self.run_curve(key)
         return curve[-1][1]
 
@@ -95,8 +98,13 @@ def run_variant(
                 run_id=f"{variant}-seed{seed}",
             )
             print(f"[{variant} seed {seed}] {' '.join(overrides)}", flush=True)
-            run(cfg, run_dir)
-            done.write_text("ok\n")
+            try:
+                run(cfg, run_dir)
+                done.write_text("ok\n")
+            except SystemExit as stop:  # the trainer stopped with a one-line reason (printed above)
+                failed = f"stopped with exit code {stop.code}; see {run_dir / 'logs'}"
+                runs.append(Run(variant, seed, run_dir, failed=failed))
+                continue
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
         runs.append(Run(variant, seed, run_dir, records))
     return runs
@@ -144,6 +152,9 @@ def plot_curves(
     """Mean over seeds (line) and min-max band of `key` against steps, one line per variant."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for variant, runs in runs_by_variant.items():
+        runs = [r for r in runs if not r.failed]
+        if not runs:
+            continue
         curves = [(curve or (lambda r: r.group_curve(key)))(r) for r in runs]
         steps = [s for s, _ in curves[0]]
         per_step = [[dict(c).get(s) for c in curves] for s in steps]

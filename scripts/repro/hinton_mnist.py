@@ -44,10 +44,12 @@ def main() -> None:
         ["student distilled (T=20)", mean_std(err["distilled"]), "74"],
     ]
     table = markdown_table(["model", f"test errors (of {n_test})", "paper"], rows)
-    ordering = all(t <= d <= s for t, s, d in zip(err["teacher"], err["student"], err["distilled"]))
-    notes = (
+    finished = [(t, s, d) for t, s, d in zip(err["teacher"], err["student"], err["distilled"]) if d == d]  # d != NaN
+    ordering = all(t <= d <= s for t, s, d in finished)
+    stopped = [r for r in (*teachers, *students, *distilled) if r.failed]
+    notes = "".join(f"Run {r.run_dir.relative_to(args.out)} {r.failed} (left out of the means). " for r in stopped) + (
         f"Share of the student-teacher gap closed by distillation: {mean_std(gap_closed)} % (paper: 92 %). "
-        f"Ordering teacher <= distilled <= student holds in {'every' if ordering else 'NOT every'} seed. "
+        f"Ordering teacher <= distilled <= student holds in {'every' if ordering else 'NOT every'} finished seed. "
         f"Mean ± std over {args.seeds} seeds, {args.steps} steps of batch 128 (cosine LR, no input jitter); "
         f"each distilled student learns from its own seed's teacher. Curves: eval_acc.png."
     )
