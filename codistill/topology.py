@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Mapping, Optional
@@ -27,6 +28,37 @@ log = logging.getLogger(__name__)
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
+
+
+def die_with_launcher() -> None:
+    """Ask the kernel to SIGKILL this worker when its torchrun agent dies (Linux only).
+
+    torchrun starts each worker in a session of its own, so killing the agent (a scheduler's SIGKILL, an OOM kill)
+    would otherwise leave the workers running as orphans: a "dead" group would keep training and publishing
+    snapshots. PR_SET_PDEATHSIG ties the worker's life to the agent's.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    launcher = os.getppid()
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
+    elif launcher == 1 or not _alive(launcher):  # the agent died before the request took effect
+        os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def native_threads() -> int | str:
@@ -125,6 +157,7 @@ class Topology:
         dev = pick_device(device, layout.local_rank)
         if layout.mode == "simulated":
             return cls(layout, dev)
+        die_with_launcher()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
         # (DDP imports it via torch.distributed._shard). Imported after init, those defaults keep the world

@@ -31,10 +31,31 @@ def launch(nproc: int, args: list[str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def workers_of(job: subprocess.Popen) -> list[int]:
+    """PIDs of the job's worker processes (torchrun starts each in a session of its own)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # only a zombie left
+    except FileNotFoundError:
+        return True
+
+
 def kill_job(job: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Kill the agent the way a scheduler would; its workers must die with it (they exit on the agent's death)."""
     if job.poll() is None:
+        workers = workers_of(job)
         os.killpg(job.pid, sig)
         job.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not all(gone(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their killed torchrun agent"
+            time.sleep(0.2)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -125,7 +146,7 @@ def test_a_dead_rank_ends_a_collective_job(tmp_path: Path) -> None:
                      "distill.exchange_every=5", f"hydra.run.dir={run_dir}"], tmp_path / "job.log")
     try:
         wait_for(lambda: last_step(run_dir) >= 20, 90, "training to start", [job])
-        workers = [int(p) for p in Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()]
+        workers = workers_of(job)
         (rank1,) = [p for p in workers if rank_of(p) == "1"]
         os.kill(rank1, signal.SIGKILL)
         job.wait(timeout=90)  # no hang: the job ends well within the timeout
