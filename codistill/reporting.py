@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -70,7 +69,3 @@ def format_progress(step: int, max_steps: int, per_group: list[dict], steps_per_
         parts.append(text)
     parts.append(f"{steps_per_s:.1f} steps/s")
     return " | ".join(parts)
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
