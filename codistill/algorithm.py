@@ -21,13 +21,21 @@ step: with SGD and momentum this is synchronous SGD over all groups' batches, th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from codistill.losses import distill_loss
+
+
+DEFAULT_BURN_IN = 0.1  # of trainer.max_steps, when distill.burn_in_steps is null
+
+
+def burn_in(burn_in_steps: Optional[int], max_steps: int) -> int:
+    """The burn-in a run uses: the configured steps, or DEFAULT_BURN_IN of the run when none is set."""
+    return int(max_steps * DEFAULT_BURN_IN) if burn_in_steps is None else burn_in_steps
 
 
 @dataclass(frozen=True)
@@ -41,11 +49,12 @@ class Schedule:
     averaging: bool = False  # mode=average with G > 1: exchanges average the groups' states (enabled is False)
 
     @classmethod
-    def from_config(cls, d: Any, groups: int) -> "Schedule":
-        """The schedule of the `distill` config section for G = `groups`."""
+    def from_config(cls, d: Any, groups: int, max_steps: int) -> "Schedule":
+        """The schedule of the `distill` config section for G = `groups` and a run of `max_steps` steps."""
         kd = d.mode == "kd"
         return cls(
-            kd or (d.mode not in ("none", "average") and groups > 1), d.burn_in_steps, d.exchange_every,
+            kd or (d.mode not in ("none", "average") and groups > 1), burn_in(d.burn_in_steps, max_steps),
+            d.exchange_every,
             exchanging=not kd, averaging=d.mode == "average" and groups > 1,
         )
 

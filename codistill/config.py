@@ -7,6 +7,7 @@ express (ranges, names, divisibility) and raises `ConfigError` with one line tha
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -52,7 +53,9 @@ class DistillConfig:
     """Which distillation the engine runs. `mode` picks the recipe; the rest are its knobs."""
 
     mode: str = "codistill"  # none | codistill | dml | kd | average (post-local SGD baseline: no distillation)
-    burn_in_steps: int = 100  # label loss only for the first steps (Alg. 1, first loop)
+    # label loss only for the first steps (Alg. 1, first loop); None = 10% of trainer.max_steps, so a short run
+    # distills too. An explicit value must be < trainer.max_steps.
+    burn_in_steps: Optional[int] = None
     exchange_every: int = 50  # K: refresh teacher copies every K steps
     # collective: replica r fetches the r-th 1/R shard of each peer's state across groups, then the group
     # all-gathers the shards (cross-group bytes / R)
@@ -184,6 +187,10 @@ def validate(cfg: Any, replicas: int) -> None:
     _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
     _check(
+        cfg.logger.name != "wandb" or importlib.util.find_spec("wandb") is not None,
+        "logger=wandb needs the wandb package: pip install 'codistill[wandb]' (or use logger=none)",
+    )
+    _check(
         cfg.logger.mode in (None, "online", "offline", "disabled"),
         f"logger.mode={cfg.logger.mode!r} is not one of online, offline, disabled",
     )
@@ -199,7 +206,10 @@ def validate(cfg: Any, replicas: int) -> None:
         f"distill.shard_exchange=true needs distill.exchange=collective (got {dist.exchange})",
     )
     _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
-    _check(dist.burn_in_steps >= 0, f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0")
+    _check(
+        dist.burn_in_steps is None or dist.burn_in_steps >= 0,
+        f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0 (or null: 10% of trainer.max_steps)",
+    )
     _check(dist.exchange_keep >= 1, f"distill.exchange_keep={dist.exchange_keep} must be >= 1")
     _check(
         top.group_id is None or 0 <= top.group_id < top.groups,
@@ -222,7 +232,8 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(
-        dist.mode in ("none", "average") or dist.burn_in_steps < tr.max_steps or top.groups == 1,
+        dist.mode in ("none", "average") or dist.burn_in_steps is None or dist.burn_in_steps < tr.max_steps
+        or top.groups == 1,
         f"distill.burn_in_steps={dist.burn_in_steps} >= trainer.max_steps={tr.max_steps}: the run would never "
         "distill; lower burn_in_steps or set distill.mode=none",
     )

@@ -15,6 +15,8 @@ Every option lives in codistill/config.py; `codistill-train --help` lists the co
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -36,11 +38,14 @@ from codistill.topology import Topology, launched_by_torchrun, resolve_layout
 from codistill.trainer import NonFiniteLossError, Trainer
 
 
+@functools.lru_cache(maxsize=None)
 def run_id() -> str:
     """A run id every rank of one launch agrees on (Hydra's default, a timestamp, differs between processes).
 
     torchrun gives all workers of a job the same TORCHELASTIC_RUN_ID (random under --standalone, --rdzv-id
     otherwise). Without one, the rendezvous store's address and port are shared by the job's ranks.
+    Computed once per process: Hydra composes the config again for every job of a --multirun sweep, and every job
+    must land in the one sweep directory (`<sweep dir>/<job num>`), not in a directory of its own timestamp.
     """
     rid = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if rid != "none":
@@ -109,12 +114,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (an optional extra), without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def preflight(argv: list[str]) -> None:
     """Compose the config once before Hydra does, to turn a typo or an unknown option into one line.
 
     Hydra reports composition errors over several lines; here the first line and the offending key suffice.
     Sweeps and Hydra's own flags are left to Hydra.
     """
+    launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), "")
+    if launcher.startswith("submitit") and not installed("hydra_plugins.hydra_submitit_launcher"):
+        fail(f"hydra/launcher={launcher} needs the submitit launcher: pip install 'codistill[slurm]'")
     if any(a.startswith("-") for a in argv):
         return
     overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -132,11 +148,17 @@ def preflight(argv: list[str]) -> None:
 
 def main() -> None:
     register_configs()
-    OmegaConf.register_new_resolver("codistill_run_id", run_id, replace=True)
+    # use_cache: Hydra copies the resolver cache of the sweep's config into every job's config (also the
+    # submitit launcher's), so the jobs of a sweep resolve the same run id wherever they run.
+    OmegaConf.register_new_resolver("codistill_run_id", run_id, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("codistill_output_subdir", output_subdir, replace=True)
     preflight(sys.argv[1:])
     _hydra_main()
 
 
 if __name__ == "__main__":
-    main()
+    # Run the functions of the importable module, not of __main__: launchers that run sweep points elsewhere
+    # (submitit) pickle the registered resolvers by module name, and `__main__.run_id` does not exist there.
+    from codistill import train
+
+    train.main()

@@ -49,7 +49,7 @@ class Trainer:
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
         kd = d.mode == "kd"
-        self.schedule = Schedule.from_config(d, topo.groups)
+        self.schedule = Schedule.from_config(d, topo.groups, cfg.trainer.max_steps)
         models = cohort.group_models(cfg)
         cohort.check_classes(models, self.dataset.num_classes)
 
@@ -84,9 +84,9 @@ class Trainer:
     def fit(self) -> None:
         tr = self.cfg.trainer
         log.info(
-            "codistill: %d groups x %d replicas (%s, %s), %d steps, distill.mode=%s, run dir %s",
+            "codistill: %d groups x %d replicas (%s, %s), %d steps, distill.mode=%s (burn-in %d steps), run dir %s",
             self.topo.groups, self.topo.replicas, self.topo.layout.mode, self.topo.device, tr.max_steps,
-            self.cfg.distill.mode, self.run_dir,
+            self.cfg.distill.mode, self.schedule.burn_in_steps, self.run_dir,
         )
         for step in range(self.start_step, tr.max_steps):
             if self.schedule.exchange_before(step):

