@@ -6,3 +6,12 @@ runs it in one process (simulated workers) or under torchrun.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """`codistill.fit` (codistill/api.py), imported on first use so that `import codistill` stays light."""
+    if name == "fit":
+        from codistill.api import fit
+
+        return fit
+    raise AttributeError(f"module 'codistill' has no attribute {name!r}")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codistill.logits import as_logits
 from codistill.losses import distill_loss
 
 
@@ -87,9 +88,11 @@ def codistill_loss(
     temperature: float,
     psi: str,
     aggregate: str,
+    ignore_index: Optional[int] = None,
 ) -> LossParts:
     """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
-    return loss_from_logits(student(x), teacher_logits, y, alpha, temperature, psi, aggregate)
+    return loss_from_logits(as_logits(student(x)), teacher_logits, y, alpha, temperature, psi, aggregate,
+                            ignore_index=ignore_index)
 
 
 def loss_from_logits(
@@ -101,20 +104,30 @@ def loss_from_logits(
     psi: str,
     aggregate: str,
     groups: int = 0,
+    ignore_index: Optional[int] = None,
 ) -> LossParts:
     """The loss of Algorithm 1 from the student's logits.
 
     Sequence models' outputs [B, L, V] are scored at every position, as a batch of B * L predictions. With
     `groups` > 0 every tensor carries a leading dimension of that many groups (the vectorised mode) and each part
     is a vector of the groups' losses: the same arithmetic, without running the groups one by one.
+    Positions labelled `ignore_index` (padding) count in neither term: both are means over the other positions.
     """
     lead = (groups,) if groups else ()
     logits, y = logits.reshape(*lead, -1, logits.shape[-1]), y.reshape(*lead, -1)
     teacher_logits = [t.reshape(*lead, -1, t.shape[-1]) for t in teacher_logits]
     log_p = F.log_softmax(logits, dim=-1)  # kept for the soft term at T = 1
-    ce = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1) if groups else F.nll_loss(log_p, y)
+    weights = None
+    if ignore_index is not None:
+        valid = y != ignore_index
+        weights = valid / valid.sum(-1, keepdim=True).clamp_min(1)  # a mean over the labelled positions
+        y = y.masked_fill(~valid, 0)
+    if weights is not None:
+        ce = -(log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1) * weights).sum(-1)
+    else:
+        ce = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1) if groups else F.nll_loss(log_p, y)
     if not teacher_logits:
         return LossParts(ce, ce.detach(), torch.zeros_like(ce.detach()))
     log_q = log_p if temperature == 1 and psi == "kl" else None
-    distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate, log_q)
+    distill = distill_loss(logits, teacher_logits, temperature, psi, aggregate, log_q, weights)
     return LossParts(ce + alpha * distill, ce.detach(), distill.detach())

@@ -1,9 +1,9 @@
 """Which model each group trains: `model` for every group, or `model_per_group` for a heterogeneous cohort.
 
 A cohort may mix architectures (a big and a small network codistilling, as in DML): entry g of `model_per_group`
-is a preset name from conf/model/ (e.g. `hinton_student`) or a ModelConfig mapping. Groups exchange class
-probabilities, so they must all predict the same classes; teacher copies of a peer are built from the peer's
-entry, and the collective exchange pads every snapshot to the largest architecture.
+is a preset name from conf/model/ (e.g. `hinton_student`) or a model mapping with `_target_`. Groups exchange
+class probabilities, so they must all predict the same classes (checked on their outputs); teacher copies of a
+peer are built from the peer's entry, and the collective exchange pads every snapshot to the largest architecture.
 """
 
 from __future__ import annotations
@@ -14,44 +14,49 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from codistill.config import MODELS, SEQUENCE_DATASETS, SEQUENCE_MODELS, ConfigError, ModelConfig
+from codistill import instantiate
+from codistill.config import ConfigError
 
 PRESETS = Path(__file__).parent / "conf" / "model"
 
 
-def _typed(node: Any, where: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(OmegaConf.structured(ModelConfig), node)
-    except Exception as e:  # OmegaConf's error types vary by cause; its first line names the key
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
-
-
-def preset(name: str) -> DictConfig:
-    """The ModelConfig of conf/model/<name>.yaml."""
+def preset(name: str, cfg: Any) -> DictConfig:
+    """conf/model/<name>.yaml, its interpolations (${data.num_classes}, ...) resolved against the run's `cfg`."""
     path = PRESETS / f"{name}.yaml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise ConfigError(f"model preset {name!r} does not exist: choose one of {names}")
-    return _typed(OmegaConf.load(path), f"conf/model/{name}.yaml")
+    scope = OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=True), "model": OmegaConf.load(path)})
+    return OmegaConf.create(OmegaConf.to_container(scope.model, resolve=True))
 
 
-def resolve(spec: Any, where: str) -> DictConfig:
-    """A preset name or a ModelConfig mapping -> a typed ModelConfig."""
+def resolve(spec: Any, cfg: Any, where: str) -> Any:
+    """A preset name or a model mapping -> the model's component node."""
     if isinstance(spec, str):
-        return preset(spec)
+        return preset(spec, cfg)
     if isinstance(spec, (dict, DictConfig)):
-        return _typed(spec, where)
-    raise ConfigError(f"{where}={spec!r} must be a conf/model preset name or a model config mapping")
+        return spec
+    raise ConfigError(f"{where}={spec!r} must be a conf/model preset name or a model mapping with _target_")
 
 
 def group_models(cfg: Any) -> list[Any]:
-    """The ModelConfig of every group, in group order."""
-    groups, specs = cfg.topology.groups, list(cfg.get("model_per_group") or [])  # absent in older checkpoints
+    """The model node of every group, in group order."""
+    groups, specs = cfg.topology.groups, list(cfg.get("model_per_group") or [])
     if not specs:
         return [cfg.model] * groups
     if len(specs) != groups:
         raise ConfigError(f"model_per_group lists {len(specs)} models for topology.groups={groups}: give one per group")
-    return [resolve(s, f"model_per_group[{g}]") for g, s in enumerate(specs)]
+    return [resolve(s, cfg, f"model_per_group[{g}]") for g, s in enumerate(specs)]
+
+
+def where(cfg: Any, group: int) -> str:
+    """The config key that names group `group`'s model, for messages."""
+    return f"model_per_group[{group}]" if cfg.get("model_per_group") else "model"
+
+
+def factories(cfg: Any) -> list[Callable[[], torch.nn.Module]]:
+    """A builder of every group's model, checked (import path, arguments) without building anything."""
+    return [instantiate.factory(m, where(cfg, g)) for g, m in enumerate(group_models(cfg))]
 
 
 def state_sizes(build: Callable[[int], torch.nn.Module], groups: int) -> list[int]:
@@ -62,38 +67,9 @@ def state_sizes(build: Callable[[int], torch.nn.Module], groups: int) -> list[in
         return [StateFlattener(build(g)).numel for g in range(groups)]
 
 
-def check_model(m: Any, data_name: str, where: str) -> None:
-    """Raise ConfigError when a model config cannot be trained on `data_name`."""
-    if m.name not in MODELS:
-        raise ConfigError(f"{where}.name={m.name!r} is not one of {', '.join(MODELS)}")
-    if not (0 <= m.dropout < 1 and 0 <= m.input_dropout < 1):
-        raise ConfigError(f"{where}.dropout and {where}.input_dropout must be in [0, 1)")
-    if (m.name in SEQUENCE_MODELS) != (data_name in SEQUENCE_DATASETS):
-        need = "a sequence model (" + ", ".join(SEQUENCE_MODELS) + ")" if data_name in SEQUENCE_DATASETS else \
-            "a classifier (mlp, cnn)"
-        raise ConfigError(f"{where}.name={m.name} cannot train on data={data_name}: it needs {need}")
-
-
-def check_classes(models: list[Any], num_classes: int) -> None:
-    """Every group's head must predict the dataset's classes (so peers' probabilities are comparable)."""
-    for g, m in enumerate(models):
-        if m.num_classes is not None and m.num_classes != num_classes:
-            raise ConfigError(
-                f"group {g}'s model has num_classes={m.num_classes} but the data has {num_classes} classes: "
-                "every group of a cohort must predict the same classes"
-            )
-
-
 def validate(cfg: Any) -> None:
-    models = group_models(cfg)
-    for g, m in enumerate(models):
-        check_model(m, cfg.data.name, f"model_per_group[{g}]" if cfg.model_per_group else "model")
-    declared = sorted({m.num_classes for m in models if m.num_classes is not None})
-    if len(declared) > 1:
-        raise ConfigError(
-            f"model_per_group: the groups' models predict different class counts {declared}: "
-            "every group of a cohort must predict the same classes"
-        )
+    """Before any process group: every model's import path resolves and accepts its arguments; kd has a teacher."""
+    factories(cfg)
     d = cfg.distill
     if d.mode == "kd":
         if not d.teacher_checkpoint:
@@ -101,4 +77,4 @@ def validate(cfg: Any) -> None:
         if not Path(d.teacher_checkpoint).is_file():
             raise ConfigError(f"distill.teacher_checkpoint={d.teacher_checkpoint} does not exist")
         if d.teacher_model is not None:
-            check_model(preset(d.teacher_model), cfg.data.name, "distill.teacher_model")
+            instantiate.check_arguments(preset(d.teacher_model, cfg), "distill.teacher_model")

@@ -8,6 +8,7 @@ express (ranges, names, divisibility) and raises `ConfigError` with one line tha
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,33 +20,30 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelConfig:
-    """A plain classifier or language model; which fields matter depends on `name`."""
+class DataConfig:
+    """The data: two map-style datasets of (input, target) samples, built by import path like any component."""
 
-    name: str = "mlp"  # mlp | cnn | char_lstm
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths
-    dropout: float = 0.0  # mlp: dropout after each hidden layer (Hinton's teacher uses 0.5)
-    input_dropout: float = 0.0  # mlp: dropout on the input pixels (Hinton's teacher uses 0.2)
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (each conv+BN+ReLU+pool)
-    embedding_dim: int = 64  # char_lstm: width of the character embedding
-    rnn_hidden: int = 256  # char_lstm: LSTM state width
-    rnn_layers: int = 1  # char_lstm: stacked LSTM layers
-    num_classes: Optional[int] = None  # None = the dataset's; when set it must equal the dataset's (checked)
+    # {_target_: import path of a callable returning a torch Dataset, **its arguments}; see conf/data/*.yaml
+    train: Any = None
+    eval: Any = None  # the held-out set
+    collate_fn: Any = None  # optional {_target_: ...}: a callable turning a list of samples into (inputs, targets)
+    # What the built-in model presets size themselves by (${data.input_shape}, ${data.num_classes}); the engine
+    # itself takes the class count from the model's output and checks the labels against it.
+    input_shape: Optional[list[int]] = None
+    num_classes: Optional[int] = None
+    partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
+    train_examples: int = 0  # > 0: a seeded subset of the training set of this many examples, the same for every group
+    label_noise: float = 0.0  # p: seeded symmetric noise on training labels (same for every group), in [0, 1)
+    num_workers: int = 0  # DataLoader worker processes per replica (0 = fetch in the training process)
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies (CUDA)
+    prefetch_factor: int = 2  # batches each worker loads ahead (num_workers > 0)
+    eval_batch_size: int = 1000  # batch size of held-out evaluation
+    eval_examples: int = 0  # 0 = the whole held-out set
 
 
 @dataclass
-class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | kjv_chars | synthetic
-    root: Optional[str] = None  # a directory holding the dataset's files; None = where its package installs them
-    partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
-    eval_batch_size: int = 1000  # batch size of held-out evaluation
-    eval_examples: int = 0  # 0 = the whole held-out set
-    seq_len: int = 128  # kjv_chars: characters per example (next-character prediction at every position)
-    # synthetic: a seeded Gaussian-mixture classification task for fast tests
-    num_train: int = 2048
-    num_test: int = 512
-    num_features: int = 32
-    num_classes: int = 10
+class LossConfig:
+    ignore_index: Optional[int] = None  # a label value (padding) ignored by the label loss, the distillation term and metrics
 
 
 @dataclass
@@ -125,11 +123,13 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # Heterogeneous cohorts: group g trains model_per_group[g], a conf/model preset name or a ModelConfig mapping;
-    # empty = every group trains `model`. See codistill/cohort.py.
+    # {_target_: import path of a callable returning an nn.Module, **its arguments}; see conf/model/*.yaml
+    model: Any = None
+    # Heterogeneous cohorts: group g trains model_per_group[g], a conf/model preset name or a model mapping with
+    # _target_; empty = every group trains `model`. See codistill/cohort.py.
     model_per_group: list[Any] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -139,9 +139,6 @@ class Config:
     run_name: str = "codistill"  # names the run directory (outputs/<run_name>/<run id>) and the wandb runs
 
 
-MODELS = ("mlp", "cnn", "char_lstm")
-DATASETS = ("fashion_mnist", "mnist", "kjv_chars", "synthetic")
-SEQUENCE_MODELS, SEQUENCE_DATASETS = ("char_lstm",), ("kjv_chars",)  # next-token models need token data and back
 MODES = ("none", "codistill", "dml", "kd", "average")
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
@@ -155,6 +152,16 @@ TOPOLOGY_MODES = ("auto", "simulated", "torchrun")
 def register_configs() -> None:
     """Make the dataclasses the schema that every YAML file in conf/ is checked against."""
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def installed(module: str) -> bool:
+    """Whether `module` (an optional extra) can be imported, without importing it."""
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):  # a parent package is missing
+        return False
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -172,12 +179,7 @@ def validate(cfg: Any, replicas: int) -> None:
 
     `replicas` is R as the topology resolved it (from topology.replicas or WORLD_SIZE / G).
     """
-    m, d, dist, top, opt, tr = cfg.model, cfg.data, cfg.distill, cfg.topology, cfg.optim, cfg.trainer
-    _choice(m.name, MODELS, "model.name")
-    from codistill import cohort  # imports this module
-
-    cohort.validate(cfg)
-    _choice(d.name, DATASETS, "data.name")
+    d, dist, top, opt, tr = cfg.data, cfg.distill, cfg.topology, cfg.optim, cfg.trainer
     _choice(d.partition, PARTITIONS, "data.partition")
     _choice(dist.mode, MODES, "distill.mode")
     _choice(dist.aggregate, AGGREGATES, "distill.aggregate")
@@ -187,7 +189,7 @@ def validate(cfg: Any, replicas: int) -> None:
     _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
     _check(
-        cfg.logger.name != "wandb" or importlib.util.find_spec("wandb") is not None,
+        cfg.logger.name != "wandb" or installed("wandb"),
         "logger=wandb needs the wandb package: pip install 'codistill[wandb]' (or use logger=none)",
     )
     _check(
@@ -249,4 +251,7 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(opt.lr > 0, f"optim.lr={opt.lr} must be > 0")
     _check(opt.weight_decay >= 0, f"optim.weight_decay={opt.weight_decay} must be >= 0")
     _check(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1")
-    _check(d.seq_len >= 1, f"data.seq_len={d.seq_len} must be >= 1")
+    _check(d.train_examples >= 0, f"data.train_examples={d.train_examples} must be >= 0 (0 = the whole training set)")
+    _check(0 <= d.label_noise < 1, f"data.label_noise={d.label_noise} must be in [0, 1)")
+    _check(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+    _check(d.prefetch_factor >= 1, f"data.prefetch_factor={d.prefetch_factor} must be >= 1")

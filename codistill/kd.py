@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from codistill.data import Dataset
+from codistill.logits import as_logits
 from codistill.pretrained import load_model
 
 
@@ -25,13 +25,13 @@ class FixedTeacher:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.model(x)]
+        return [as_logits(self.model(x))]
 
     def staleness(self, step: int) -> Optional[int]:
         return None  # a fixed teacher has no age
 
 
-def load_teacher(distill: Any, dataset: Dataset, device: torch.device) -> FixedTeacher:
+def load_teacher(cfg: Any, device: torch.device) -> FixedTeacher:
     """The teacher of `distill.teacher_checkpoint` (architecture from the checkpoint or distill.teacher_model)."""
-    model = load_model(distill.teacher_checkpoint, dataset.input_shape, dataset.num_classes, distill.teacher_model)
+    model = load_model(cfg.distill.teacher_checkpoint, cfg, cfg.distill.teacher_model)
     return FixedTeacher(model.to(device))

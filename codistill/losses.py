@@ -24,22 +24,33 @@ def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits if temperature == 1 else logits / temperature
 
 
+Weights = Optional[torch.Tensor]  # [..., B] per-example weights of a mean (ignore_index); None = the plain mean
+
+
 def kl_to_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return kl_from_log_probs(F.log_softmax(scaled(student_logits, temperature), dim=-1), target_probs, temperature)
 
 
-def kl_from_log_probs(log_q: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+def batch_mean(per_example: torch.Tensor, weights: Weights) -> torch.Tensor:
+    return per_example.mean(-1) if weights is None else (per_example * weights).sum(-1)
+
+
+def kl_from_log_probs(
+    log_q: torch.Tensor, target_probs: torch.Tensor, temperature: float, weights: Weights = None
+) -> torch.Tensor:
     """T^2 * KL(target || q), batch-averaged, from the student's log-probabilities at T.
 
     Written out (F.kl_div's formula) so that leading dimensions (the vectorised mode's groups) are kept: inputs are
     [..., B, C], the result is [...].
     """
     pointwise = torch.xlogy(target_probs, target_probs) - target_probs * log_q
-    return pointwise.sum((-2, -1)) * (temperature**2 / log_q.shape[-2])
+    if weights is None:
+        return pointwise.sum((-2, -1)) * (temperature**2 / log_q.shape[-2])
+    return batch_mean(pointwise.sum(-1), weights) * temperature**2
 
 
-def logit_mse(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (student_logits - target_logits).pow(2).sum(-1).mean(-1)
+def logit_mse(student_logits: torch.Tensor, target_logits: torch.Tensor, weights: Weights = None) -> torch.Tensor:
+    return batch_mean(0.5 * (student_logits - target_logits).pow(2).sum(-1), weights)
 
 
 def distill_loss(
@@ -49,6 +60,7 @@ def distill_loss(
     psi: str,
     aggregate: str,
     log_q: Optional[torch.Tensor] = None,
+    weights: Weights = None,
 ) -> torch.Tensor:
     """psi between the student and its teachers, combined by `aggregate`. Teacher logits carry no graph.
 
@@ -61,11 +73,11 @@ def distill_loss(
         probs = [F.softmax(scaled(t, temperature), dim=-1) for t in teacher_logits]
         if aggregate == "mean_probs":
             target = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
-            return kl_from_log_probs(log_q, target, temperature)
-        return torch.stack([kl_from_log_probs(log_q, p, temperature) for p in probs]).mean(0)
+            return kl_from_log_probs(log_q, target, temperature, weights)
+        return torch.stack([kl_from_log_probs(log_q, p, temperature, weights) for p in probs]).mean(0)
     if psi == "logit_mse":
         if aggregate == "mean_probs":
             target = teacher_logits[0] if len(teacher_logits) == 1 else torch.stack(teacher_logits).mean(0)
-            return logit_mse(student_logits, target)
-        return torch.stack([logit_mse(student_logits, t) for t in teacher_logits]).mean(0)
+            return logit_mse(student_logits, target, weights)
+        return torch.stack([logit_mse(student_logits, t, weights) for t in teacher_logits]).mean(0)
     raise ValueError(f"unknown psi {psi!r}")

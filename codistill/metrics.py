@@ -9,6 +9,7 @@ Everything is computed as sums (`eval_sums`) so shards evaluated on different ra
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Optional
 
 import torch
 
@@ -20,12 +21,16 @@ def churn(probs_a: torch.Tensor, probs_b: torch.Tensor) -> tuple[float, float]:
     return top1, prob_l1
 
 
-def eval_sums(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def eval_sums(probs: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int] = None) -> torch.Tensor:
     """probs [G, N, C], labels [N] -> sums [G + 2, 3] (see `summarise` for the layout).
 
-    Sequence predictions [G, N, L, C] with labels [N, L] count each of the N * L positions as an example.
+    Sequence predictions [G, N, L, C] with labels [N, L] count each of the N * L positions as an example; positions
+    labelled `ignore_index` (padding) are not counted.
     """
     probs, labels = probs.reshape(probs.shape[0], -1, probs.shape[-1]), labels.reshape(-1)
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        probs, labels = probs[:, keep], labels[keep]
     groups = probs.shape[0]
     out = torch.zeros(groups + 2, 3, dtype=torch.float64)
     nll = lambda p: -torch.log(p.gather(-1, labels[:, None]).squeeze(-1).clamp_min(1e-12)).sum()  # noqa: E731

@@ -1,9 +1,9 @@
 """Rebuild a trained model from a checkpoint file: a final.pt this trainer wrote, or a bare state_dict.
 
-A final.pt holds the model's state_dict and the run's resolved config, so the architecture is read from the config
-(the group's entry of `model_per_group`, else `model`). A bare state_dict needs the architecture named: a preset of
-conf/model/. Every way a file can be unusable (absent, unreadable, another architecture or class count) is a
-one-line ConfigError, raised before training starts.
+A final.pt holds the model's state_dict and the run's resolved config, so the architecture is the config's model
+component (the group's entry of `model_per_group`, else `model`). A bare state_dict needs the architecture named:
+a preset of conf/model/. Every way a file can be unusable (absent, unreadable, another architecture or class count)
+is a one-line ConfigError, raised before training starts.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import cohort
+from codistill import cohort, instantiate
 from codistill.config import ConfigError
-from codistill.models import build_model
 
 
 def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
@@ -36,32 +35,29 @@ def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
     raise ConfigError(f"checkpoint {path} holds neither a model state_dict nor a trainer checkpoint")
 
 
-def model_config(path: str, config: Optional[dict], group: int, model_name: Optional[str]) -> Any:
-    """The ModelConfig to rebuild a checkpoint with: `model_name`'s preset if given, else the checkpoint's own."""
+def model_node(path: str, config: Optional[dict], group: int, cfg: Any, model_name: Optional[str]) -> Any:
+    """The model component to rebuild a checkpoint with: `model_name`'s preset (sized by `cfg`'s data) if given,
+    else the checkpoint's own."""
     if model_name is not None:
-        return cohort.preset(model_name)
+        return cohort.preset(model_name, cfg)
     if config is None:
         raise ConfigError(
             f"checkpoint {path} is a bare state_dict: name its architecture with a conf/model preset "
-            "(distill.teacher_model=NAME, or --model NAME)"
+            "(distill.teacher_model=NAME)"
         )
     return cohort.group_models(OmegaConf.create(config))[group]
 
 
-def load_model(path: str, input_shape: tuple[int, ...], num_classes: int, model_name: Optional[str] = None) -> nn.Module:
-    """The checkpoint's model on the CPU, in eval mode, for inputs of `input_shape` and `num_classes` outputs."""
+def load_model(path: str, cfg: Any, model_name: Optional[str] = None) -> nn.Module:
+    """The checkpoint's model on the CPU, in eval mode. `cfg` (the current run's) sizes a named preset."""
     state, config, group = read(path)
-    mcfg = model_config(path, config, group, model_name)
-    try:
-        model = build_model(mcfg, input_shape, num_classes)
-    except ValueError as e:
-        raise ConfigError(f"checkpoint {path}: {e}") from None
+    node = model_node(path, config, group, cfg, model_name)
+    model = instantiate.build(node, f"the model of checkpoint {path}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
         raise ConfigError(
-            f"checkpoint {path} does not fit model={mcfg.name} for data with {num_classes} classes "
-            f"(another architecture or class count): {detail}"
+            f"checkpoint {path} does not fit {node.get('_target_')} (another architecture or class count): {detail}"
         ) from None
     return model.eval()

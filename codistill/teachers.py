@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from codistill.logits import as_logits
+
 
 class StateFlattener:
     """Packs a module's parameters and buffers into one float32 vector and back (one buffer = one collective)."""
@@ -69,7 +71,7 @@ class TeacherCopies:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.models[p](x) for p in self.ready]
+        return [as_logits(self.models[p](x)) for p in self.ready]
 
     def staleness(self, step: int) -> Optional[int]:
         """Steps since the oldest copy was taken (None before the first exchange)."""

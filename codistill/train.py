@@ -16,10 +16,10 @@ Every option lives in codistill/config.py; `codistill-train --help` lists the co
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch.distributed as dist
@@ -27,11 +27,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from codistill import checkpoint
+from codistill import checkpoint, cohort
+from codistill.components import Components, from_config
+from codistill.data import DataFormatError
 from codistill.checkpoint import StorageError
-from codistill.config import ConfigError, register_configs, validate
+from codistill.config import ConfigError, installed, register_configs, validate
 from codistill.exchange import filesystem
-from codistill.data import DataMissingError
 from codistill.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
 from codistill.topology import Topology, launched_by_torchrun, resolve_layout
@@ -67,11 +68,21 @@ def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F82
     sys.exit(2)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Validate, start the topology, train, shut down. Returns the final evaluation (on global rank 0)."""
+class RunError(RuntimeError):
+    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do."""
+
+
+def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = None) -> dict | None:
+    """Validate, build the components (from config unless given), start the topology, train, shut down.
+
+    Returns the final evaluation (on global rank 0); raises RunError with one line when the run cannot go on.
+    """
     try:
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
+        if components is None:
+            cohort.validate(cfg)
+            components = from_config(cfg)
         if dist.is_available() and dist.is_initialized():
             raise ConfigError(
                 "a process group is already initialised in this process: every run needs a fresh process "
@@ -81,29 +92,41 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
         if cfg.distill.exchange == "filesystem":
             filesystem.prepare(cfg, run_dir)  # exchange dir writable and not another run's
     except ConfigError as e:
-        fail(str(e))
+        raise RunError(str(e)) from None
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
     topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
-    trainer, clean = None, False
+    trainer, clean, error = None, False, None
     try:
         topo.check_agree(str(run_dir.resolve()), "run directory")
-        trainer = Trainer(cfg, topo, run_dir)
+        trainer = Trainer(cfg, topo, run_dir, components)
         trainer.fit()
         clean = True
         result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
-    except (DataMissingError, NonFiniteLossError, ConfigError) as e:
+    except (NonFiniteLossError, ConfigError) as e:
         clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
-        fail(str(e))
+        error = str(e)
     except StorageError as e:  # one process's disk failed: the other ranks may not be at this point
-        fail(str(e))
+        error = str(e)
+    except DataFormatError as e:  # a bad sample met mid-run (in this rank's batch only)
+        error = DataFormatError.line(e)
     finally:
         if trainer is not None:
             trainer.close()
         del trainer
         topo.shutdown(clean)
+    if error is not None:
+        raise RunError(error)
     if topo.is_main and cfg.logger.plots:
         plot_run_safely(run_dir)  # after shutdown: no other rank waits in a collective while rank 0 draws
     return result
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """`train` for the command line: a RunError is one `codistill: error:` line and exit code 2."""
+    try:
+        return train(cfg, run_dir)
+    except RunError as e:
+        fail(str(e))
 
 
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config", version_base="1.3")
@@ -112,14 +135,6 @@ def _hydra_main(cfg: DictConfig) -> None:
         fail("--multirun under torchrun would re-initialise the process group in one process: "
              "launch one torchrun per sweep point, or sweep in simulated mode (see docs/launching.md)")
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
-
-
-def installed(module: str) -> bool:
-    """Whether `module` can be imported (an optional extra), without importing it."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
 
 
 def preflight(argv: list[str]) -> None:

@@ -23,10 +23,13 @@ from omegaconf import OmegaConf
 
 from codistill import checkpoint, cohort, metrics, vectorized
 from codistill.algorithm import Schedule
-from codistill.data import load_dataset
+from codistill.components import Components
+from codistill.config import ConfigError
+from codistill.data.pipeline import DataFormatError, Labels
 from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
-from codistill.kd import load_teacher
-from codistill.models import build_model
+from codistill.kd import FixedTeacher, load_teacher
+from codistill.data.pipeline import to_device
+from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
 from codistill.reporting import format_progress
 from codistill.topology import Topology
@@ -39,28 +42,51 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+@torch.no_grad()
+def probe_classes(model: torch.nn.Module, x: Any, y: torch.Tensor, device: torch.device, name: str) -> int:
+    """C of `model`'s logits on inputs `x`, checked against labels `y`: logits must be [*y.shape, C]."""
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(to_device(x, device))
+    except Exception as e:  # a model may raise anything on inputs it cannot take
+        raise ConfigError(f"{name} fails on a batch of the training set: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        model.train(was_training)
+    try:
+        logits = as_logits(output)
+    except ModelOutputError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if logits.dim() < 1 or tuple(logits.shape[:-1]) != tuple(y.shape):
+        raise ConfigError(
+            f"{name} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}: logits must "
+            f"have the labels' shape plus one dimension of classes, {tuple(y.shape)} + (C,)"
+        )
+    return int(logits.shape[-1])
+
+
 class Trainer:
-    def __init__(self, cfg: Any, topo: Topology, run_dir: Path) -> None:
+    def __init__(self, cfg: Any, topo: Topology, run_dir: Path, components: Components) -> None:
         self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.dataset = load_dataset(cfg.data)
+        self.data = components.data
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
         kd = d.mode == "kd"
         self.schedule = Schedule.from_config(d, topo.groups, cfg.trainer.max_steps)
-        models = cohort.group_models(cfg)
-        cohort.check_classes(models, self.dataset.num_classes)
 
         def build(group: int) -> torch.nn.Module:
-            return build_model(models[group], self.dataset.input_shape, self.dataset.num_classes)
+            return components.models[group]()
 
         state_sizes = cohort.state_sizes(build, topo.groups)
-        teacher = load_teacher(d, self.dataset, topo.device) if kd else None  # loaded once, never exchanged
+        teacher = load_teacher(cfg, topo.device) if kd else None  # loaded once, never exchanged
         self.workers = {
-            g: GroupWorker(g, cfg, topo, self.dataset, build, self.schedule, teachers=teacher) for g in topo.local_groups
+            g: GroupWorker(g, cfg, topo, self.data, build, self.schedule, teachers=teacher) for g in topo.local_groups
         }
+        self.num_classes = self._check_models(teacher)
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
@@ -79,6 +105,33 @@ class Trainer:
         self._window = 0
         self._clock = (time.perf_counter(), self.start_step)
         self.final_eval: Optional[tuple[list[dict], dict]] = None
+        self._eval_batches: Optional[torch.utils.data.DataLoader] = None
+
+    def _check_models(self, teacher: Optional[FixedTeacher]) -> int:
+        """Run every local model (students, teacher copies, a KD teacher) on two training examples: each must return
+        logits [*label shape, C] with one C for all (the ranks agree on it). Sets the labels' valid range."""
+        x, y = self.data.probe()
+        models = {f"group {g}'s model": w.model for g, w in self.workers.items()}
+        for w in self.workers.values():
+            models.update({f"group {p}'s model": m for p, m in getattr(w.teachers, "models", {}).items()})
+        if teacher is not None:
+            models["the distill.teacher_checkpoint model"] = teacher.model
+        classes = {}
+        for name, model in models.items():
+            classes[name] = probe_classes(model, x, y, self.topo.device, name)
+        if len(set(classes.values())) > 1:
+            raise ConfigError(f"the models predict different numbers of classes ({classes}): every group of a cohort "
+                              "must predict the same classes")
+        num_classes = next(iter(classes.values()))
+        self.topo.check_agree(str(num_classes), "number of classes the models predict")
+        self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index)
+        targets = getattr(self.data.dataset, "targets", None)
+        try:
+            if isinstance(targets, torch.Tensor):  # labels known up front (in-memory datasets): check them all now
+                self.data.labels.check(targets if self.data.subset is None else targets[self.data.subset], "data.train")
+        except DataFormatError as e:
+            raise ConfigError(str(e)) from None
+        return num_classes
 
     # --- train ------------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -172,24 +225,39 @@ class Trainer:
             line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
         log.info(line)
 
+    def _eval_loader(self) -> torch.utils.data.DataLoader:
+        """The held-out batches this process scores (under torchrun replica r scores every R-th example)."""
+        if self._eval_batches is None:
+            n = min(self.cfg.data.eval_examples or len(self.data.eval_dataset), len(self.data.eval_dataset))
+            indices = list(range(n))
+            if not self.topo.simulated:
+                indices = indices[self.topo.layout.replica :: self.topo.replicas]
+            self._eval_batches = self.data.eval_loader(indices, self.cfg.data.eval_batch_size)
+        return self._eval_batches
+
     def _eval_sums(self) -> torch.Tensor:
         """Per-group, ensemble and churn sums on the held-out set; under torchrun replica r scores shard r."""
-        n = self.cfg.data.eval_examples or len(self.dataset.test_y)
-        x, y = self.dataset.test_x[:n], self.dataset.test_y[:n]
-        if not self.topo.simulated:
-            r = self.topo.layout.replica
-            x, y = x[r :: self.topo.replicas], y[r :: self.topo.replicas]
-        bs = self.cfg.data.eval_batch_size
         for w in self.workers.values():
             w.sync_buffers()
-        local = {g: w.predict_probs(x, bs) for g, w in self.workers.items()}
+        outputs: dict[int, list[torch.Tensor]] = {g: [] for g in self.workers}
+        labels = []
+        try:
+            for x, y in self._eval_loader():
+                labels.append(y)
+                for g, w in self.workers.items():
+                    outputs[g].append(w.predict_probs(x))
+        except DataFormatError as e:
+            raise ConfigError(str(e)) from None
+        local = {g: torch.cat(o) for g, o in outputs.items()}
+        y = torch.cat(labels)
+        ignore = self.cfg.loss.ignore_index
         if self.topo.simulated:
             probs = torch.stack([local[g] for g in self.topo.job_groups])
-            return metrics.eval_sums(probs, y)
+            return metrics.eval_sums(probs, y, ignore)
         ((g, mine),) = local.items()
         gathered = [torch.empty_like(mine, device=self.topo.device) for _ in self.topo.job_groups]
         dist.all_gather(gathered, mine.to(self.topo.device), group=self.topo.group_pg)
-        sums = metrics.eval_sums(torch.stack([t.cpu() for t in gathered]), y).to(self.topo.device)
+        sums = metrics.eval_sums(torch.stack([t.cpu() for t in gathered]), y, ignore).to(self.topo.device)
         dist.all_reduce(sums, group=self.topo.replica_pg)
         return sums.cpu()
 
@@ -229,5 +297,6 @@ class Trainer:
         if isinstance(self.exchange, FilesystemExchange):
             self.exchange.close()  # finish the pending snapshot write: peers may still read it
         self.metrics.close()
+        self._eval_batches = None  # stops its persistent workers
         for w in self.workers.values():
             w.release()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from codistill.algorithm import loss_from_logits
+from codistill.logits import as_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
@@ -98,7 +99,8 @@ class VectorizedGroups:
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
             teacher_logits = self._teacher_logits(teachers, x) if teachers is not None else []
             logits = self._forward(self.params, x)
-            parts = loss_from_logits(logits, teacher_logits, y, d.alpha, d.temperature, d.psi, d.aggregate, groups=G)
+            parts = loss_from_logits(logits, teacher_logits, y, d.alpha, d.temperature, d.psi, d.aggregate, groups=G,
+                                     ignore_index=self.cfg.loss.ignore_index)
             (parts.total.sum() * w0.grad_scale).backward()
             sums += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / len(w0.replicas)
         self.optimizer.step()
@@ -107,7 +109,7 @@ class VectorizedGroups:
         return sums
 
     def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda p, xb: functional_call(self.base, p, (xb,)))(params, x)
+        return vmap(lambda p, xb: as_logits(functional_call(self.base, p, (xb,))))(params, x)
 
     @torch.no_grad()
     def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[torch.Tensor]:

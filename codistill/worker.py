@@ -19,8 +19,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codistill.algorithm import Schedule, codistill_loss
-from codistill.data import Dataset, GroupStream
+from codistill.data import GroupStream
+from codistill.data.pipeline import TrainingData, to_device
 from codistill.kd import FixedTeacher
+from codistill.logits import as_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.rng import ReplicaRNG, derive_seed
 from codistill.teachers import StateFlattener, TeacherCopies
@@ -33,13 +35,13 @@ class GroupWorker:
         group: int,
         cfg: Any,
         topo: Topology,
-        dataset: Dataset,
+        data: TrainingData,
         build_model: Callable[[int], nn.Module],
         schedule: Schedule,
         teachers: Optional[FixedTeacher] = None,
     ) -> None:
         """`teachers`: a fixed teacher source (mode=kd) used instead of exchanged copies of the peers."""
-        self.group, self.cfg, self.topo, self.dataset, self.schedule = group, cfg, topo, dataset, schedule
+        self.group, self.cfg, self.topo, self.data, self.schedule = group, cfg, topo, data, schedule
         self.device = topo.device
         self.replicas = topo.local_replicas
         torch.manual_seed(derive_seed(cfg.seed, "init", group))  # same init on every replica of the group
@@ -58,8 +60,9 @@ class GroupWorker:
         peers = [p for p in range(topo.groups) if p != group] if schedule.enabled else []
         self.teachers = teachers if teachers is not None else TeacherCopies(peers, build_model, self.device)
         self.stream = GroupStream(
-            len(dataset.train_y), group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
+            data.num_examples, group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
         )
+        self._batches: dict[int, Iterator[tuple[Any, torch.Tensor]]] = {}  # replica -> its loader, from the first step
         self.rng = ReplicaRNG(cfg.seed, group, self.replicas, self.device)
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
@@ -78,7 +81,8 @@ class GroupWorker:
                 x, y = self._batch(step, r)
                 teacher_logits = self.teachers.predict(x) if distilling else []
                 with self.rng.use(r):
-                    parts = codistill_loss(self.module, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate)
+                    parts = codistill_loss(self.module, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate,
+                                           self.cfg.loss.ignore_index)
                 (parts.total * self.grad_scale).backward()
                 parts_sum += torch.stack([parts.total.detach(), parts.ce, parts.distill]) / self.topo.replicas
         self.optimizer.step()
@@ -86,10 +90,13 @@ class GroupWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return parts_sum
 
-    def _batch(self, step: int, replica: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.stream.batch_indices(step, replica)
-        x = self.dataset.prepare(self.dataset.train_x[idx]).to(self.device, non_blocking=True)
-        return x, self.dataset.train_y[idx].to(self.device, non_blocking=True)
+    def _batch(self, step: int, replica: int) -> tuple[Any, torch.Tensor]:
+        """`replica`'s batch of this step from its DataLoader (started at the first step run: a resume's step)."""
+        if replica not in self._batches:
+            loader = self.data.train_loader(self.stream, self.group, replica, step, self.cfg.trainer.max_steps)
+            self._batches[replica] = iter(loader)
+        x, y = next(self._batches[replica])
+        return to_device(x, self.device), y.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager
     def _ddp_buffer_semantics(self) -> Iterator[Callable[[int], None]]:
@@ -132,19 +139,20 @@ class GroupWorker:
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
-    def predict_probs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def predict_probs(self, x: Any) -> torch.Tensor:
+        """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
         self.model.eval()
-        out = [torch.softmax(self.model(self.dataset.prepare(x[i : i + batch_size]).to(self.device)), -1)
-               for i in range(0, len(x), batch_size)]
-        return torch.cat(out).float().cpu()
+        return torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
 
     def staleness(self, step: int) -> int:
         s = self.teachers.staleness(step)
         return -1 if s is None else s
 
     def release(self) -> None:
-        """Drop DDP (its reducer holds process-group work) before the process group is destroyed."""
+        """Drop DDP (its reducer holds process-group work) before the process group is destroyed, and stop the
+        loaders' worker processes."""
         self.module = self.model
+        self._batches.clear()
 
     def state_dict(self) -> dict:
         """This group's training state for a checkpoint (the RNG streams are per process: see checkpoint.py).

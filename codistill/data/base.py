@@ -1,23 +1,56 @@
-"""The in-memory dataset every loader returns, and the errors they raise."""
+"""Built-in datasets in memory: both splits as tensors, served as map-style datasets with a batched fetch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+from torch.utils.data import Dataset
 
 
 class DataMissingError(FileNotFoundError):
     """A dataset's files are absent; the message names the command that installs them."""
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A supervised dataset held in memory as tensors.
+class Batch(tuple):
+    """(inputs, targets) already collated by a dataset's batched fetch (`__getitems__`): no per-sample collate."""
 
-    Inputs stay in their compact stored dtype (uint8 pixels) and are converted per batch by `prepare`, so a 60k-image
-    dataset costs 47 MB rather than 188 MB in every process.
+
+class TensorDataset(Dataset):
+    """(input, target) pairs held as tensors, fetched a whole batch at a time.
+
+    Inputs stay in their compact stored dtype (uint8 pixels) and are converted per batch: scaled to [0, 1] and
+    standardised with (mean, std); integer token ids pass through. `targets` is public (torchvision's name), so the
+    engine can check every label once, up front.
     """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, mean: float = 0.0, std: float = 1.0) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs, self.targets, self.mean, self.std = inputs, targets, mean, std
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        elif not x.is_floating_point():
+            return x  # token ids
+        return (x - self.mean) / self.std
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prepare(self.inputs[i : i + 1])[0], self.targets[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Batch((self.prepare(self.inputs[idx]), self.targets[idx]))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Both splits of a built-in dataset, as loaded from its files."""
 
     name: str
     train_x: torch.Tensor
@@ -25,20 +58,17 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, ...]  # shape of one example after `prepare`
+    input_shape: tuple[int, ...]  # shape of one example as the model sees it
     mean: float = 0.0
     std: float = 1.0
-    # Sequence data (a language model's): an example is L token ids and its label the L next tokens, so a model's
-    # output is [B, L, num_classes]; losses and metrics score every position.
-    sequence: bool = False
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Stored examples -> model inputs (float, standardised; token ids pass through)."""
-        if self.sequence:
-            return x
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        return (x - self.mean) / self.std
+    sequence: bool = False  # a language model's data: an example is L token ids, its label the L next tokens
 
     def __post_init__(self) -> None:
         assert len(self.train_x) == len(self.train_y) and len(self.test_x) == len(self.test_y)
+
+    def split(self, name: str) -> TensorDataset:
+        """The `train` or `test` split as a dataset of (input, target) pairs."""
+        if name not in ("train", "test"):
+            raise ValueError(f"split={name!r} is not one of train, test")
+        x, y = (self.train_x, self.train_y) if name == "train" else (self.test_x, self.test_y)
+        return TensorDataset(x, y, self.mean, self.std)

@@ -6,12 +6,13 @@ github.com/zalandoresearch/fashion-mnist under /usr/share/datasets/fashion-mnist
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from codistill.data.base import Dataset, DataMissingError
+from codistill.data.base import Splits, TensorDataset, DataMissingError
 from codistill.data.idx import read_idx
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -36,7 +37,7 @@ def _find(root: Path, stem: str) -> Path:
     )
 
 
-def load_idx_dataset(name: str, root: Path, shapes: dict, mean: float, std: float) -> Dataset:
+def load_idx_dataset(name: str, root: Path, shapes: dict, mean: float, std: float) -> Splits:
     """Load the four standard IDX files of an MNIST-style dataset and check their shapes and labels."""
     arrays = {}
     for key, stem in FILES.items():
@@ -48,7 +49,7 @@ def load_idx_dataset(name: str, root: Path, shapes: dict, mean: float, std: floa
         if int(arrays[key].max()) > 9:
             raise ValueError(f"{name}: labels in {FILES[key]} exceed 9")
         arrays[key] = arrays[key].long()
-    return Dataset(
+    return Splits(
         name=name,
         train_x=arrays["train_x"].unsqueeze(1),
         train_y=arrays["train_y"],
@@ -61,5 +62,13 @@ def load_idx_dataset(name: str, root: Path, shapes: dict, mean: float, std: floa
     )
 
 
-def load(root: Optional[str] = None) -> Dataset:
+def load(root: Optional[str] = None) -> Splits:
     return load_idx_dataset("fashion_mnist", Path(root) if root else DEFAULT_ROOT, SHAPES, MEAN, STD)
+
+
+_loaded = functools.lru_cache(maxsize=2)(load)  # train and eval splits share one read of the files
+
+
+def dataset(split: str = "train", root: Optional[str] = None) -> TensorDataset:
+    """conf/data/fashion_mnist.yaml's component: one split as (standardised image [1, 28, 28], label)."""
+    return _loaded(root).split(split)

@@ -12,6 +12,7 @@ example is a window and its label the same window shifted by one character. Eval
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from codistill.data.base import Dataset, DataMissingError
+from codistill.data.base import Splits, TensorDataset, DataMissingError
 from codistill.data.cache import atomic_write, cache_dir
 
 INSTALL = "sudo apt-get install bible-kjv bible-kjv-text"
@@ -70,7 +71,7 @@ def windows(tokens: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Ten
     return x.clone(), y.clone()
 
 
-def build(text: str, seq_len: int) -> Dataset:
+def build(text: str, seq_len: int) -> Splits:
     vocab = sorted(set(text))
     lookup = torch.zeros(max(map(ord, vocab)) + 1, dtype=torch.long)
     lookup[[ord(c) for c in vocab]] = torch.arange(len(vocab))
@@ -81,8 +82,16 @@ def build(text: str, seq_len: int) -> Dataset:
     train, held = split(text)
     train_x, train_y = windows(encode(train), seq_len)
     test_x, test_y = windows(encode(held), seq_len)
-    return Dataset("kjv_chars", train_x, train_y, test_x, test_y, len(vocab), (seq_len,), sequence=True)
+    return Splits("kjv_chars", train_x, train_y, test_x, test_y, len(vocab), (seq_len,), sequence=True)
 
 
-def load(root: Optional[str], seq_len: int) -> Dataset:
+def load(root: Optional[str], seq_len: int) -> Splits:
     return build(read_text(root), seq_len)
+
+
+_loaded = functools.lru_cache(maxsize=2)(load)  # train and eval splits share one read of the files
+
+
+def dataset(split: str = "train", root: Optional[str] = None, seq_len: int = 128) -> TensorDataset:
+    """conf/data/kjv_chars.yaml's component: one split as (seq_len character ids, the seq_len next ids)."""
+    return _loaded(root, seq_len).split(split)

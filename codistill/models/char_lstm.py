@@ -10,7 +10,7 @@ from torch import nn
 
 
 class CharLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, layers: int) -> None:
+    def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden: int = 256, layers: int = 1) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim)
         self.lstm = nn.LSTM(embedding_dim, hidden, num_layers=layers, batch_first=True)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import nn
 
 
 class CNN(nn.Module):
-    def __init__(self, in_channels: int, channels: list[int], num_classes: int) -> None:
+    def __init__(self, input_shape: Optional[Sequence[int]], num_classes: Optional[int], channels: Sequence[int] = (32, 64)) -> None:
+        """`input_shape` is one image's (C, H, W)."""
         super().__init__()
+        if input_shape is None or len(input_shape) != 3 or num_classes is None:
+            raise ValueError(f"CNN needs image inputs (C, H, W) and num_classes; got input_shape={input_shape}, "
+                             f"num_classes={num_classes}")
+        in_channels = input_shape[0]
         blocks: list[nn.Module] = []
         width = in_channels
         for c in channels:
