@@ -1,15 +1,25 @@
-"""Rebuild a plain model from a final checkpoint (checkpoints/group{g}/final.pt), without the run that wrote it."""
+"""Rebuild a plain model from a final checkpoint (checkpoints/group{g}/final.pt), without the run that wrote it.
+
+The checkpoint's resolved config names the model and the held-out dataset by import path, so the tools rebuild
+both the way the run built them (a user's components included, if importable here).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import checkpoint, cohort
-from codistill.data import Dataset, load_dataset
-from codistill.models import build_model
+from codistill import checkpoint, cohort, instantiate
+from codistill.config import ConfigError
+from codistill.data.pipeline import DataFormatError, fetch
+from codistill.logits import as_logits
+
+DATA_PRESETS = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
 class CheckpointError(ValueError):
@@ -25,6 +35,20 @@ class LoadedModel:
     config: dict  # the run's resolved config
 
 
+@dataclass
+class HeldOut:
+    """A held-out dataset and the collate function the run used with it."""
+
+    name: str  # for tables: the dataset's import path
+    dataset: Any
+    collate: Any
+
+    def batches(self, examples: int, batch_size: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        n = min(examples or len(self.dataset), len(self.dataset))
+        for i in range(0, n, batch_size):
+            yield fetch(self.dataset, range(i, min(i + batch_size, n)), self.collate)
+
+
 def read(path: Path) -> dict:
     try:
         ckpt = checkpoint.load(path)
@@ -36,32 +60,65 @@ def read(path: Path) -> dict:
     return ckpt
 
 
-def dataset_of(config: dict, root: str | None = None) -> Dataset:
-    data = OmegaConf.create(config["data"])
+def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = None) -> HeldOut:
+    """The held-out set of a run's `data` config (or of the conf/data preset `preset`), its files under `root`."""
+    if preset is not None:
+        path = DATA_PRESETS / f"{preset}.yaml"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in DATA_PRESETS.glob("*.yaml")))
+            raise CheckpointError(f"data preset {preset!r} does not exist: choose one of {names}")
+        data = OmegaConf.to_container(OmegaConf.create({"data": OmegaConf.load(path)}).data, resolve=True)
+    node = OmegaConf.create(data["eval"])
     if root is not None:
-        data.root = root
-    return load_dataset(data)
+        node.root = root
+    try:
+        dataset = instantiate.build(node, "data.eval")
+        collate = instantiate.optional_build(data.get("collate_fn"), "data.collate_fn")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    return HeldOut(str(node.get("_target_")), dataset, collate)
 
 
-def rebuild(ckpt: dict, dataset: Dataset) -> nn.Module:
+def rebuild(ckpt: dict) -> nn.Module:
     """The checkpoint's model as the plain nn.Module its config describes, weights loaded strictly, in eval mode."""
-    model_cfg = cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])]  # model_per_group aware
-    model = build_model(model_cfg, dataset.input_shape, dataset.num_classes)
-    model.load_state_dict(ckpt["model"], strict=True)
+    node = cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])]  # model_per_group aware
+    try:
+        model = instantiate.build(node, "model")
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (ConfigError, RuntimeError) as e:
+        raise CheckpointError(f"cannot rebuild the checkpoint's model: {str(e).splitlines()[0]}") from None
     return model.eval()
 
 
-def load(path: Path, dataset: Dataset) -> LoadedModel:
+def load(path: Path) -> LoadedModel:
     ckpt = read(path)
-    return LoadedModel(path, rebuild(ckpt, dataset), int(ckpt["group"]), int(ckpt["step"]), ckpt["config"])
+    return LoadedModel(path, rebuild(ckpt), int(ckpt["group"]), int(ckpt["step"]), ckpt["config"])
+
+
+@torch.no_grad()
+def predict_probs(
+    models: list[nn.Module], held: HeldOut, examples: int, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every model's predicted probabilities on the held-out set [M, N, ..., C] (CPU), and the labels [N, ...]."""
+    for m in models:
+        m.to(device)
+    probs: list[list[torch.Tensor]] = [[] for _ in models]
+    labels = []
+    try:
+        for x, y in held.batches(examples, batch_size):
+            labels.append(y)
+            x = x.to(device) if isinstance(x, torch.Tensor) else x
+            for out, m in zip(probs, models):
+                out.append(torch.softmax(as_logits(m(x)).float(), -1).cpu())
+    except DataFormatError as e:
+        raise CheckpointError(str(e)) from None
+    return torch.stack([torch.cat(p) for p in probs]), torch.cat(labels)
 
 
 def same_data(configs: list[dict], paths: list[Path]) -> dict:
-    """The one data config shared by all checkpoints (an ensemble is only meaningful on one dataset)."""
-    first = configs[0]["data"]
+    """The one data config shared by all checkpoints (an ensemble is only meaningful on one held-out set)."""
+    first = configs[0]["data"].get("eval")
     for cfg, path in zip(configs[1:], paths[1:]):
-        if cfg["data"].get("name") != first.get("name"):
-            raise CheckpointError(
-                f"{path} was trained on data.name={cfg['data'].get('name')!r} but {paths[0]} on {first.get('name')!r}"
-            )
+        if cfg["data"].get("eval") != first:
+            raise CheckpointError(f"{path} was evaluated on another held-out set than {paths[0]} ({first})")
     return configs[0]

@@ -15,45 +15,34 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from codistill import metrics
-from codistill.config import DATASETS, ConfigError, DataConfig
-from codistill.data import DataMissingError, load_dataset
-from codistill.tools.checkpoints import CheckpointError, read, rebuild, same_data
-from codistill.tools.evaluate import predict_probs
+from codistill.tools.checkpoints import DATA_PRESETS, CheckpointError, held_out, predict_probs, read, rebuild, same_data
 
 
 def churn_between(
     a: Path, b: Path, data: Optional[str] = None, data_root: Optional[str] = None, examples: int = 0,
     batch_size: int = 1000, device: str = "cpu",
 ) -> dict:
-    """{"top1", "prob_l1", "examples", "dataset"} between checkpoints `a` and `b` on the held-out split."""
+    """{"top1", "prob_l1", "examples", "dataset"} between checkpoints `a` and `b` on a held-out set: the
+    checkpoints' own, or that of the conf/data preset `data`."""
     ckpts = [read(a), read(b)]
     if data is None:
         same_data([c["config"] for c in ckpts], [a, b])
-    data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), ckpts[0]["config"]["data"])
-    if data is not None and data != data_cfg.name:
-        data_cfg.name, data_cfg.root = data, None
-    if data_root is not None:
-        data_cfg.root = data_root
-    dataset = load_dataset(data_cfg)
-    n = examples or len(dataset.test_y)
-    x = dataset.test_x[:n]
-    try:
-        pa, pb = (predict_probs(rebuild(c, dataset), dataset.prepare, x, batch_size, torch.device(device)) for c in ckpts)
-    except RuntimeError as e:  # a strict state_dict load: the checkpoint does not fit this dataset
-        raise CheckpointError(f"a checkpoint does not fit data={dataset.name}: {str(e).splitlines()[-1].strip()}") from None
+    held = held_out(ckpts[0]["config"]["data"], data_root, preset=data)
+    (pa, pb), _ = predict_probs([rebuild(c) for c in ckpts], held, examples, batch_size, torch.device(device))
     top1, prob_l1 = metrics.churn(pa, pb)
-    return {"top1": top1, "prob_l1": prob_l1, "examples": n, "dataset": dataset.name}
+    return {"top1": top1, "prob_l1": prob_l1, "examples": len(pa), "dataset": held.name}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="codistill-churn", description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="a final.pt (checkpoints/group{g}/final.pt of a run)")
     parser.add_argument("b", type=Path, help="another final.pt")
-    parser.add_argument("--data", choices=DATASETS, default=None, help="score on this dataset instead of the checkpoints'")
-    parser.add_argument("--data-root", default=None, help="where the dataset's files are (data.root)")
+    presets = sorted(p.stem for p in DATA_PRESETS.glob("*.yaml"))
+    parser.add_argument("--data", choices=presets, default=None,
+                        help="score on this conf/data preset's held-out set instead of the checkpoints'")
+    parser.add_argument("--data-root", default=None, help="where the held-out set's files are (its root argument)")
     parser.add_argument("--examples", type=int, default=0, help="score the first N held-out examples (0 = all)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -61,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = churn_between(args.a, args.b, args.data, args.data_root, args.examples, args.batch_size, args.device)
-    except (CheckpointError, ConfigError, DataMissingError) as e:
+    except CheckpointError as e:
         parser.exit(2, f"codistill-churn: error: {e}\n")
     if args.json:
         print(json.dumps(result))

@@ -11,24 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from codistill import metrics
-from codistill.tools.checkpoints import CheckpointError, dataset_of, load, read, same_data
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module, prepare: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Predicted probabilities of `model` on stored examples `x` (prepared batch by batch), on the CPU."""
-    model.to(device)
-    out = [torch.softmax(model(prepare(x[i : i + batch_size]).to(device)), -1).float().cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
+from codistill.tools.checkpoints import CheckpointError, held_out, load, predict_probs, read, same_data
 
 
 def evaluate(
@@ -36,15 +24,12 @@ def evaluate(
 ) -> tuple[list[dict], dict]:
     """Per-checkpoint records (path, group, step, eval/loss, eval/acc) and the run record (ensemble, churn)."""
     config = same_data([read(p)["config"] for p in paths], paths)
-    dataset = dataset_of(config, data_root)
-    n = examples or len(dataset.test_y)
-    x, y = dataset.test_x[:n], dataset.test_y[:n]
-    models = [load(p, dataset) for p in paths]
-    dev = torch.device(device)
-    probs = torch.stack([predict_probs(m.model, dataset.prepare, x, batch_size, dev) for m in models])
-    per_model, run = metrics.summarise(metrics.eval_sums(probs, y))
+    held = held_out(config["data"], data_root)
+    models = [load(p) for p in paths]
+    probs, y = predict_probs([m.model for m in models], held, examples, batch_size, torch.device(device))
+    per_model, run = metrics.summarise(metrics.eval_sums(probs, y, config.get("loss", {}).get("ignore_index")))
     rows = [{"path": str(m.path), "group": m.group, "step": m.step, **rec} for m, rec in zip(models, per_model)]
-    return rows, {"examples": n, "dataset": dataset.name, **run}
+    return rows, {"examples": len(y), "dataset": held.name, **run}
 
 
 def format_table(rows: list[dict], run: dict) -> str:

@@ -5,8 +5,8 @@ Writes OUT_DIR/model.pt, a plain dictionary (state_dict, the model config, and t
 with a dynamic batch dimension (`torch.export.load(path).module()`), where the model can be exported. Neither holds
 an optimizer, teacher copies, peers or the run's config beyond the model's own.
 
-Inputs are what the model saw in training: `Dataset.prepare` applied to stored examples (for image data, pixels
-scaled to [0, 1], then (x - mean) / std with the mean and std recorded in model.pt).
+Inputs are what the model saw in training: what the run's held-out dataset yields (for the built-in image datasets,
+pixels scaled to [0, 1], then standardised with the dataset's mean and std). model.pt records their shape and dtype.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from codistill import cohort, instantiate
 from codistill.checkpoint import atomic_save
-from codistill.models import build_model
-from codistill.tools.checkpoints import CheckpointError, dataset_of, read, rebuild
+from codistill.tools.checkpoints import CheckpointError, held_out, read, rebuild
 
 log = logging.getLogger("codistill")
 
@@ -31,22 +31,20 @@ log = logging.getLogger("codistill")
 def export(ckpt_path: Path, out_dir: Path, data_root: Optional[str] = None) -> dict[str, Path]:
     """Write model.pt (always) and model.pt2 (when torch.export can trace the model); return what was written."""
     ckpt = read(ckpt_path)
-    dataset = dataset_of(ckpt["config"], data_root)
-    model = rebuild(ckpt, dataset)
+    model = rebuild(ckpt)
+    example, _ = next(held_out(ckpt["config"]["data"], data_root).batches(2, 2))
     written = {}
     plain = {
         "state_dict": model.state_dict(),
-        "model_config": ckpt["config"]["model"],
-        "input_shape": list(dataset.input_shape),
-        "num_classes": dataset.num_classes,
-        "input_mean": dataset.mean,
-        "input_std": dataset.std,
+        "model_config": cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])],
+        "input_shape": list(example.shape[1:]) if isinstance(example, torch.Tensor) else None,
+        "input_dtype": str(example.dtype).removeprefix("torch.") if isinstance(example, torch.Tensor) else None,
         "trained_steps": int(ckpt["step"]),
         "group": int(ckpt["group"]),
     }
+    plain["model_config"] = OmegaConf.to_container(plain["model_config"], resolve=True)
     written["model"] = out_dir / "model.pt"
     atomic_save(plain, written["model"])
-    example = dataset.prepare(dataset.test_x[:2])
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         written["program"] = out_dir / "model.pt2"
@@ -57,9 +55,9 @@ def export(ckpt_path: Path, out_dir: Path, data_root: Optional[str] = None) -> d
 
 
 def load_model(path: Path) -> nn.Module:
-    """Rebuild the plain nn.Module from an exported model.pt, in eval mode."""
+    """Rebuild the plain nn.Module from an exported model.pt, in eval mode (its class must be importable)."""
     plain = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(OmegaConf.create(plain["model_config"]), tuple(plain["input_shape"]), plain["num_classes"])
+    model = instantiate.build(plain["model_config"], "model")
     model.load_state_dict(plain["state_dict"], strict=True)
     return model.eval()
 

@@ -116,13 +116,10 @@ def test_probs(run: Run, group: int = 0):
 
     from codistill.tools import checkpoints
 
-    path = run.run_dir / "checkpoints" / f"group{group}" / "final.pt"
-    ckpt = checkpoints.read(path)
-    dataset = checkpoints.dataset_of(ckpt["config"])
-    model = checkpoints.rebuild(ckpt, dataset)
-    with torch.no_grad():
-        return torch.cat([torch.softmax(model(dataset.prepare(dataset.test_x[i : i + 1000])), -1)
-                          for i in range(0, len(dataset.test_x), 1000)])
+    ckpt = checkpoints.read(run.run_dir / "checkpoints" / f"group{group}" / "final.pt")
+    held = checkpoints.held_out(ckpt["config"]["data"])
+    probs, _ = checkpoints.predict_probs([checkpoints.rebuild(ckpt)], held, 0, 1000, torch.device("cpu"))
+    return probs[0]
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -40,7 +40,7 @@ def bytes_per_step(run: Run, steps: int) -> float:
     """Bytes one rank sends or receives per training step, from the run's config and its model's tensor sizes."""
     ckpt = checkpoints.read(run.run_dir / "checkpoints" / "group0" / "final.pt")
     cfg = ckpt["config"]
-    model = checkpoints.rebuild(ckpt, checkpoints.dataset_of(cfg))
+    model = checkpoints.rebuild(ckpt)
     state = sum(t.numel() for t in model.state_dict().values())
     params = sum(p.numel() for p in model.parameters())
     G, R = cfg["topology"]["groups"], cfg["topology"]["replicas"] or 1
