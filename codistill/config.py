@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -27,10 +28,10 @@ class DataConfig:
     train: Any = None
     eval: Any = None  # the held-out set
     collate_fn: Any = None  # optional {_target_: ...}: a callable turning a list of samples into (inputs, targets)
-    # What the built-in model presets size themselves by (${data.input_shape}, ${data.num_classes}); the engine
-    # itself takes the class count from the model's output and checks the labels against it.
-    input_shape: Optional[list[int]] = None
-    num_classes: Optional[int] = None
+    # The data's shape for the built-in model presets, which interpolate ${data.input_shape} and ${data.num_classes}.
+    # The engine itself takes the class count from the model's output and checks every label against it.
+    input_shape: Optional[list[int]] = None  # one example's shape as the model sees it (e.g. [1, 28, 28])
+    num_classes: Optional[int] = None  # classes (a language model's vocabulary size)
     partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
     train_examples: int = 0  # > 0: a seeded subset of the training set of this many examples, the same for every group
     label_noise: float = 0.0  # p: seeded symmetric noise on training labels (same for every group), in [0, 1)
@@ -231,6 +232,10 @@ def validate(cfg: Any, replicas: int) -> None:
         top.group_id is None or dist.mode == "none" or dist.exchange_dir is not None,
         "topology.group_id is set: name the directory every group's job shares with distill.exchange_dir=<dir>",
     )
+    if dist.mode == "kd":
+        _check(bool(dist.teacher_checkpoint),
+               "distill.mode=kd needs distill.teacher_checkpoint=<path to a final.pt or a state_dict>")
+        _check(Path(dist.teacher_checkpoint).is_file(), f"distill.teacher_checkpoint={dist.teacher_checkpoint} does not exist")
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(

@@ -148,7 +148,7 @@ def preflight(argv: list[str]) -> None:
         fail(f"hydra/launcher={launcher} needs the submitit launcher: pip install 'codistill[slurm]'")
     if any(a.startswith("-") for a in argv):
         return
-    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    overrides = [a for a in argv if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     from hydra import compose, initialize_config_dir
 
     try:

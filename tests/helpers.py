@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
+from codistill.components import from_config
 from codistill.compose import compose_config
 from codistill.config import validate
 from codistill.topology import Topology, resolve_layout
@@ -28,16 +29,19 @@ FAST = [
 ]
 
 
-def make_config(overrides: Sequence[str] = ()) -> DictConfig:
-    return compose_config([*FAST, *overrides], run_id="test")
+ANY_MODEL = [o for o in FAST if not o.startswith("model.")]  # FAST for a model preset other than mlp
 
 
-def make_trainer(overrides: Sequence[str], run_dir: Path) -> Trainer:
+def make_config(overrides: Sequence[str] = (), base: Sequence[str] = FAST) -> DictConfig:
+    return compose_config([*base, *overrides], run_id="test")
+
+
+def make_trainer(overrides: Sequence[str], run_dir: Path, base: Sequence[str] = FAST) -> Trainer:
     """A simulated-mode Trainer built in this process (no process group is ever created)."""
-    cfg = make_config(["topology.mode=simulated", *overrides])
+    cfg = make_config(["topology.mode=simulated", *overrides], base)
     layout = resolve_layout(cfg.topology, env={})
     validate(cfg, layout.replicas)
-    return Trainer(cfg, Topology.start(layout, "cpu"), run_dir)
+    return Trainer(cfg, Topology.start(layout, "cpu"), run_dir, from_config(cfg))
 
 
 def clean_env() -> dict[str, str]:

@@ -61,17 +61,18 @@ def run_identity(cfg: Any) -> str:
     Groups launched as separate jobs have different job ids and run directories, so the id comes from the config:
     two runs that differ in name, seed, data, models or distillation cannot share an exchange directory.
     """
+    c = OmegaConf.to_container(cfg, resolve=True)
     shared = {
-        "seed": cfg.seed,
-        "groups": cfg.topology.groups,
-        "model": cfg.model,
-        "model_per_group": cfg.get("model_per_group"),
-        "data": {k: cfg.data[k] for k in ("name", "partition")},
-        "distill": {k: v for k, v in cfg.distill.items() if k not in ("exchange_dir", "exchange_keep")},
-        "optim": cfg.optim,
-        "batch_size": cfg.trainer.batch_size,
+        "seed": c["seed"],
+        "groups": c["topology"]["groups"],
+        "model": c["model"],
+        "model_per_group": c.get("model_per_group"),
+        "data": {k: c["data"][k] for k in ("train", "partition", "train_examples", "label_noise")},
+        "distill": {k: v for k, v in c["distill"].items() if k not in ("exchange_dir", "exchange_keep")},
+        "optim": c["optim"],
+        "batch_size": c["trainer"]["batch_size"],
     }
-    text = json.dumps(OmegaConf.to_container(OmegaConf.create(shared), resolve=True), sort_keys=True)
+    text = json.dumps(shared, sort_keys=True)
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 

@@ -14,7 +14,7 @@ import torch
 from codistill import train
 from codistill.config import ConfigError, register_configs
 from codistill.topology import resolve_layout
-from tests.helpers import make_config, run_torchrun
+from tests.helpers import ANY_MODEL, REPO, make_config, run_torchrun
 
 SHORT = ["trainer.max_steps=10", "distill.burn_in_steps=2", "logger.plots=false"]
 
@@ -54,6 +54,14 @@ def shared_exchange(tmp_path: Path) -> list[str]:
     return ["distill.exchange=filesystem", f"distill.exchange_dir={tmp_path / 'ex'}"]
 
 
+USER_DATA = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "data=blobs", "data.eval_examples=0"]
+
+
+def user_model(name: str) -> list[str]:
+    return [*USER_DATA, "model=dict_net", f"model._target_=tests.user_components.{name}", "~model.width",
+            "~model.dropout"]
+
+
 # case -> (overrides or a function of tmp_path giving them, text the message must contain)
 CASES = {
     "groups_below_1": (["topology.groups=0"], "topology.groups=0 must be >= 1"),
@@ -63,11 +71,23 @@ CASES = {
     "burn_in_negative": (["distill.burn_in_steps=-1"], "distill.burn_in_steps=-1"),
     "burn_in_whole_run": (["distill.burn_in_steps=10", "trainer.max_steps=10"], "would never distill"),
     "unknown_model": (["model=resnet"], "resnet"),
-    "unknown_model_name": (["model.name=resnet"], "model.name='resnet'"),
-    "unknown_data": (["data.name=imagenet"], "data.name='imagenet'"),
+    "unknown_data": (["data=imagenet"], "imagenet"),
+    # a user's components (tests/user_components.py), by import path
+    "model_path_does_not_resolve": (["model._target_=nowhere.nets.Net"], "model._target_=nowhere.nets.Net does not resolve"),
+    "model_rejects_its_arguments": (["+model.widths=[3]"], "codistill.models.MLP rejects its arguments"),
+    "data_path_does_not_resolve": (["data.train._target_=tests.user_components.Nope"], "data.train._target_="),
+    "samples_not_pairs": (USER_DATA + ["data.train._target_=tests.user_components.Triples"],
+                          "samples must be (input, target) pairs"),
+    "label_outside_classes": (USER_DATA + ["+data.train.bad_label_every=7"], "has label 12, outside [0, 4)"),
+    "label_outside_classes_in_a_loader_worker": (USER_DATA + ["+data.train.bad_label_every=7", "data.num_workers=2"],
+                                                 "has label 12, outside [0, 4)"),
+    "model_output_without_logits": (user_model("WordNet"), "the model returned a str"),
+    "model_output_of_the_wrong_shape": (user_model("FlatNet"), "returned logits of shape (8,) for labels of shape (2,)"),
+    "label_noise_out_of_range": (["data.label_noise=1.5"], "data.label_noise=1.5 must be in [0, 1)"),
+    "train_examples_too_many": (["data.train_examples=100000"], "data.train_examples=100000 is larger than the training set"),
     "unknown_mode": (["distill.mode=magic"], "distill.mode='magic'"),
     "key_typo": (["trainer.max_stepz=5"], "max_stepz"),
-    "data_missing": (["data=fashion_mnist", "data.root=/nonexistent"], "/nonexistent"),
+    "data_missing": (["data=fashion_mnist", "data.train.root=/nonexistent"], "/nonexistent"),
     "batch_not_divisible": (["topology.replicas=3"], "not divisible by the 3 replicas"),
     "group_id_needs_filesystem": (["topology.group_id=1"], "distill.exchange=filesystem"),
     "group_id_out_of_range": (["topology.group_id=2"], "topology.group_id=2 must be in [0"),
@@ -89,7 +109,7 @@ def test_bad_input_fails_with_one_line(tmp_path: Path, case: str, capsys) -> Non
     register_configs()
     with pytest.raises(SystemExit) as exit_info:
         train.preflight(args)  # composition: unknown options and typos
-        train.run(make_config(["topology.mode=simulated", *args]), tmp_path / "run")
+        train.run(make_config(["topology.mode=simulated", *args], base=ANY_MODEL), tmp_path / "run")
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codistill: error:")]
     assert len(errors) == 1 and expected in errors[0], errors

@@ -66,10 +66,11 @@ def test_churn_command_between_two_checkpoints(tmp_path: Path, capsys) -> None:
     a, b = (tmp_path / "checkpoints" / f"group{g}" / "final.pt" for g in (0, 1))
     churn_tool.main([str(a), str(b), "--json", "--examples", "128"])
     got = json.loads(capsys.readouterr().out)
-    probs = torch.stack([w.predict_probs(trainer.dataset.test_x[:128], 64) for w in trainer.workers.values()])
+    x, _ = trainer.data.eval_dataset.__getitems__(range(128))
+    probs = torch.stack([w.predict_probs(x) for w in trainer.workers.values()])
     top1, l1 = metrics.churn(probs[0], probs[1])
     assert got["top1"] == pytest.approx(top1) and got["prob_l1"] == pytest.approx(l1, rel=1e-5)
-    assert got["examples"] == 128 and got["dataset"] == "synthetic"
+    assert got["examples"] == 128 and got["dataset"] == "codistill.data.synthetic.dataset"
     churn_tool.main([str(a), str(a), "--examples", "128"])
     assert "top-1 disagreement   0.0000" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:

@@ -9,7 +9,7 @@ import torch
 
 from codistill import cohort
 from codistill.config import ConfigError, validate
-from tests.helpers import make_config, make_trainer
+from tests.helpers import ANY_MODEL, make_config, make_trainer
 
 
 def _widths(model: torch.nn.Module) -> list[int]:
@@ -17,17 +17,21 @@ def _widths(model: torch.nn.Module) -> list[int]:
 
 
 def test_hinton_presets() -> None:
-    teacher, student, tiny = (cohort.preset(n) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
+    cfg = make_config(["data=mnist"])
+    teacher, student, tiny = (cohort.preset(n, cfg) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
     assert (list(teacher.hidden), teacher.dropout, teacher.input_dropout) == ([1200, 1200], 0.5, 0.2)
     assert (list(student.hidden), student.dropout) == ([800, 800], 0.0)
-    assert list(tiny.hidden) == [30, 30]
+    assert list(tiny.hidden) == [30, 30] and list(tiny.input_shape) == [1, 28, 28]  # sized by the run's data
     cfg = make_config(["data=mnist", "model=hinton_teacher"])
     assert (cfg.model.dropout, cfg.model.input_dropout) == (0.5, 0.2)
 
 
+MLP16 = "{_target_:codistill.models.MLP,input_shape:[32],num_classes:10,hidden:[16]}"
+
+
 def test_heterogeneous_cohort_trains_each_groups_model(tmp_path: Path) -> None:
     trainer = make_trainer(
-        ["model_per_group=[hinton_tiny,{name:mlp,hidden:[16]}]", "trainer.max_steps=4", "distill.burn_in_steps=1",
+        [f"model_per_group=[hinton_tiny,{MLP16}]", "trainer.max_steps=4", "distill.burn_in_steps=1",
          "distill.exchange_every=1"],
         tmp_path,
     )
@@ -46,20 +50,31 @@ def test_heterogeneous_cohort_trains_each_groups_model(tmp_path: Path) -> None:
     [
         (["model_per_group=[hinton_tiny]"], "lists 1 models for topology.groups=2"),
         (["model_per_group=[hinton_tiny,nope]"], "model preset 'nope' does not exist"),
-        (["model_per_group=[{name:mlp,num_classes:10},{name:mlp,num_classes:5}]"], "different class counts"),
-        (["model_per_group=[hinton_tiny,{name:mlp,widths:[3]}]"], r"model_per_group\[1\]"),
-        (["model=cnn", "data=kjv_chars"], "cannot train on data=kjv_chars"),
-        (["model=char_lstm"], "cannot train on data=synthetic"),
-        (["model_per_group=[hinton_tiny,char_lstm]"], r"model_per_group\[1\].name=char_lstm cannot train"),
-        (["data.seq_len=0"], "data.seq_len=0 must be >= 1"),
+        (["model_per_group=[hinton_tiny,{_target_:codistill.models.MLP,widths:[3]}]"],
+         r"model_per_group\[1\]._target_=codistill.models.MLP rejects its arguments"),
+        (["model._target_=codistill.models.Nope"], "model._target_=codistill.models.Nope does not resolve"),
     ],
 )
 def test_bad_cohorts_are_one_line_config_errors(overrides: list[str], message: str) -> None:
+    cfg = make_config(overrides)
     with pytest.raises(ConfigError, match=message) as e:
-        validate(make_config(overrides), 1)
+        validate(cfg, 1)
+        cohort.validate(cfg)
     assert "\n" not in str(e.value)
 
 
-def test_declared_class_count_must_match_the_data(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="num_classes=5 but the data has 10 classes"):
-        make_trainer(["model.num_classes=5"], tmp_path)
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([f"model_per_group=[{MLP16},{MLP16.replace('num_classes:10', 'num_classes:5')}]"],
+         "models predict different numbers of classes"),
+        (["model=cnn"], "CNN needs image inputs"),  # synthetic data: feature vectors
+        (["model=char_lstm", "model.hidden=8"], "group 0's model fails on a batch of the training set"),  # not ids
+        (["model.num_classes=5"], r"data.train has label \d, outside \[0, 5\)"),
+    ],
+)
+def test_models_that_cannot_train_on_the_data_are_one_line_errors(tmp_path: Path, overrides: list[str],
+                                                                  message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        make_trainer(overrides, tmp_path, base=ANY_MODEL)
+    assert "\n" not in str(e.value)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from codistill.data import DataMissingError, kjv_chars, mnist
-from tests.helpers import make_trainer
+from tests.helpers import ANY_MODEL, make_trainer
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_mnist_is_the_official_60k_10k_split() -> None:
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.train_x.dtype == torch.uint8 and ds.num_classes == 10 and not ds.sequence
     assert tuple(torch.bincount(ds.test_y).tolist()) == mnist.TEST_COUNTS
-    x = ds.prepare(ds.train_x[:5000])
+    x = ds.split("train").prepare(ds.train_x[:5000])
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05  # standardised with MNIST's statistics
 
 
@@ -64,7 +64,7 @@ def test_kjv_windows_split_and_vocabulary() -> None:
     assert ds.train_x.shape == ((90_000 - 1) // 50, 50) and ds.test_x.shape == ((10_000 - 1) // 50, 50)
     assert torch.equal(ds.train_x[:, 1:], ds.train_y[:, :-1])  # labels are the inputs shifted by one character
     assert torch.equal(ds.train_x[1:, 0], ds.train_y[:-1, -1])  # non-overlapping, contiguous windows
-    assert torch.equal(ds.prepare(ds.train_x[:2]), ds.train_x[:2])  # token ids pass through
+    assert torch.equal(ds.split("train")[1][0], ds.train_x[1])  # token ids pass through
 
 
 def test_kjv_is_extracted_once_then_read_from_the_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,17 +89,17 @@ def test_missing_bible_names_the_install_command(cache: Path, monkeypatch: pytes
 
 def test_char_lstm_codistills_on_kjv(cache: Path, tmp_path: Path) -> None:
     trainer = make_trainer(
-        ["data=kjv_chars", "model=char_lstm", "model.rnn_hidden=16", "model.embedding_dim=8", "data.seq_len=16",
+        ["data=kjv_chars", "model=char_lstm", "model.hidden=16", "model.embedding_dim=8", "data.train.seq_len=16",
          "trainer.batch_size=8", "trainer.max_steps=4", "distill.burn_in_steps=2", "distill.exchange_every=1",
          "data.eval_examples=20"],
-        tmp_path,
+        tmp_path, base=ANY_MODEL,
     )
     trainer.fit()
     trainer.close()
     per_group, run = trainer.final_eval
     assert all(0 < r["eval/loss"] < 6 for r in per_group) and "churn/top1" in run
-    logits = trainer.workers[0].model(trainer.dataset.test_x[:3])
-    assert logits.shape == (3, 16, trainer.dataset.num_classes)
+    x, _ = trainer.data.eval_dataset.__getitems__([0, 1, 2])
+    assert trainer.workers[0].model(x).shape == (3, 16, trainer.num_classes) and trainer.num_classes == 73
 
 
 def _write_idx(path: Path, array) -> None:

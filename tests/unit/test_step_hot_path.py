@@ -44,6 +44,11 @@ def test_train_step_makes_no_host_sync(tmp_path: Path, aggregate: str) -> None:
         tmp_path,
     )
     trainer._exchange(0)
+    # The input pipeline's CPU-side work (indexing, label checks: on CPU tensors, in loader workers when
+    # data.num_workers > 0) is not the device step: fetch the batches first.
+    batches = {(w.group, s, r): w._batch(s, r) for w in trainer.workers.values() for s in range(2) for r in range(2)}
+    for w in trainer.workers.values():
+        w._batch = lambda step, r, g=w.group: batches[(g, step, r)]
     with host_syncs_forbidden():
         for step in range(2):
             for w in trainer.workers.values():

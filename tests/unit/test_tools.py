@@ -71,8 +71,8 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 def test_export_is_a_plain_model_and_a_program(run_dir: Path, tmp_path: Path) -> None:
     written = export.export(ckpt(run_dir, 0), tmp_path)
     plain = torch.load(written["model"], weights_only=True)
-    assert set(plain) == {"state_dict", "model_config", "input_shape", "num_classes", "input_mean", "input_std",
-                          "trained_steps", "group"}
+    assert set(plain) == {"state_dict", "model_config", "input_shape", "input_dtype", "trained_steps", "group"}
+    assert plain["input_shape"] == [32] and plain["input_dtype"] == "float32"
     model = export.load_model(written["model"])
     assert type(model).__module__ == "codistill.models.mlp" and not model.training
     original = checkpoint.load(ckpt(run_dir, 0))["model"]

@@ -1,0 +1,103 @@
+"""A user's components, defined outside the codistill package: the engine must take them by import path only.
+
+Models return every output form the engine accepts (a dict, an object with .logits) and some it must refuse;
+datasets augment randomly with torch, numpy and python generators, or break the (input, target) contract.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class DictNet(nn.Module):
+    """A residual MLP with BatchNorm and dropout, returning {"logits": ...} (and an unused auxiliary output)."""
+
+    def __init__(self, features: int, classes: int, width: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.block = nn.Sequential(nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.inp(x)
+        h = h + self.block(h)
+        return {"logits": self.head(h), "features": h}
+
+
+@dataclass
+class Output:
+    """Hugging Face style: an object with a .logits attribute."""
+
+    logits: torch.Tensor
+
+
+class ObjectNet(nn.Module):
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        return Output(self.linear(x))
+
+
+class WordNet(nn.Module):
+    """Returns a string: no logits anywhere."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> str:
+        return "logits"
+
+
+class FlatNet(nn.Module):
+    """Returns logits of the wrong shape ([B * C] instead of [B, C])."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).flatten()
+
+
+class Blobs(Dataset):
+    """Gaussian blobs with per-sample random augmentation from all three generators (torch, numpy, python).
+
+    No `targets` attribute: its labels are only seen batch by batch, as with most user datasets.
+    """
+
+    def __init__(self, split: str = "train", examples: int = 512, features: int = 16, classes: int = 4,
+                 augment: bool = True, bad_label_every: int = 0) -> None:
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        centres = torch.randn(classes, features, generator=torch.Generator().manual_seed(7)) * 2
+        self.y = torch.randint(classes, (examples,), generator=g)
+        self.x = centres[self.y] + torch.randn(examples, features, generator=g)
+        self.augment, self.bad_label_every, self.classes = augment and split == "train", bad_label_every, classes
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.x[i]
+        if self.augment:
+            x = x + 0.1 * torch.randn_like(x) + float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05)
+        y = int(self.y[i])
+        if self.bad_label_every and i % self.bad_label_every == 0:
+            y = self.classes + 8  # outside [0, C)
+        return x, y
+
+
+class Triples(Blobs):
+    """Samples (input, target, weight): not the (input, target) pairs the engine needs."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float]:
+        x, y = super().__getitem__(i)
+        return x, y, 1.0
