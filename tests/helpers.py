@@ -30,6 +30,8 @@ FAST = [
 
 
 ANY_MODEL = [o for o in FAST if not o.startswith("model.")]  # FAST for a model preset other than mlp
+# A user's model and data (tests/user_components.py), through their own config directory as a user would add it.
+USER = [*ANY_MODEL, f"hydra.searchpath=[file://{REPO}/tests/conf]", "data=blobs", "model=dict_net"]
 
 
 def make_config(overrides: Sequence[str] = (), base: Sequence[str] = FAST) -> DictConfig:
@@ -50,19 +52,21 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: Sequence[str], timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(args: Sequence[str], timeout: float = 120, cwd: Path | None = None, base: Sequence[str] = FAST
+            ) -> subprocess.CompletedProcess:
     """`python -m codistill.train ARGS` in a fresh process (simulated mode), with a hard timeout."""
     return subprocess.run(
-        [sys.executable, "-m", "codistill.train", *FAST, *args],
+        [sys.executable, "-m", "codistill.train", *base, *args],
         capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=cwd or REPO,
     )
 
 
-def run_torchrun(nproc: int, args: Sequence[str], timeout: float = 180, torchrun_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+def run_torchrun(nproc: int, args: Sequence[str], timeout: float = 180, torchrun_args: Sequence[str] = (),
+                 base: Sequence[str] = FAST) -> subprocess.CompletedProcess:
     """A real `torchrun --standalone` job of `nproc` CPU processes (gloo), with a hard timeout."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *torchrun_args,
-        "-m", "codistill.train", *FAST, "topology.timeout_s=30", *args,
+        "-m", "codistill.train", *base, "topology.timeout_s=30", *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=REPO)
 

@@ -74,7 +74,7 @@ def smoke_overrides(args: argparse.Namespace, language_model: bool = False) -> l
     args.seeds = min(args.seeds, 2)
     args.steps = 20
     if language_model:
-        return ["data.eval_examples=64", "model.rnn_hidden=16", "trainer.batch_size=8"]
+        return ["data.eval_examples=64", "model.hidden=16", "trainer.batch_size=8"]
     return ["data=synthetic", "data.eval_examples=128", "trainer.batch_size=32"]
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from codistill.exchange import CollectiveExchange  # noqa: E402
+from codistill.components import from_config  # noqa: E402
 from codistill.topology import Topology, resolve_layout  # noqa: E402
 from codistill.trainer import Trainer  # noqa: E402
 from tests.helpers import make_config  # noqa: E402
@@ -43,7 +44,7 @@ def train(topo: Topology, out: Path, sharded: bool) -> list[torch.Tensor]:
         "distill.burn_in_steps=3", "distill.exchange_every=4", f"distill.shard_exchange={str(sharded).lower()}",
         "logger.plots=false",
     ])
-    trainer = Trainer(cfg, topo, out / ("sharded" if sharded else "full"))
+    trainer = Trainer(cfg, topo, out / ("sharded" if sharded else "full"), from_config(cfg))
     try:
         trainer.fit()
         return [p.detach().clone() for p in trainer.workers[topo.layout.group].model.parameters()]

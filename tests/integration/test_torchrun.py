@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, FAST, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
+from tests.helpers import ANY_MODEL, FAST, REPO, USER, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
 
 # 20+ steps spanning burn-in and several exchanges.
 SCHEDULE = ["trainer.max_steps=24", "distill.burn_in_steps=5", "distill.exchange_every=5", "trainer.eval_every=12"]
@@ -17,7 +17,11 @@ CASES = {
     "mlp_dropout": ["model.dropout=0.2", "model.input_dropout=0.1"],
     # BatchNorm on real images: per-replica batch statistics, replica 0's running statistics, buffers exchanged
     "cnn_batchnorm": ["data=fashion_mnist", "model=cnn", "model.channels=[8,16]", "data.eval_examples=256"],
+    # a user's model (returns a dict; BatchNorm, dropout) and datasets (random augmentation) defined outside the
+    # package, fetched by 2 loader workers per replica
+    "user_components": ["data.num_workers=2"],
 }
+BASE = {"cnn_batchnorm": ANY_MODEL, "user_components": USER}
 
 
 def fingerprints(run_dir: Path) -> dict[int, set[str]]:
@@ -34,9 +38,10 @@ def fingerprints(run_dir: Path) -> dict[int, set[str]]:
 def test_simulated_equals_torchrun(tmp_path: Path, case: str) -> None:
     args = [*SCHEDULE, *CASES[case]]
     dist_dir, sim_dir = tmp_path / "torchrun", tmp_path / "simulated"
-    job = run_torchrun(4, [*args, "topology.groups=2", f"hydra.run.dir={dist_dir}"])
+    base = BASE.get(case, FAST)
+    job = run_torchrun(4, [*args, "topology.groups=2", f"hydra.run.dir={dist_dir}"], base=base)
     assert job.returncode == 0, job.stderr[-3000:]
-    sim = run_cli([*args, "topology.groups=2", "topology.replicas=2", f"hydra.run.dir={sim_dir}"])
+    sim = run_cli([*args, "topology.groups=2", "topology.replicas=2", f"hydra.run.dir={sim_dir}"], base=base)
     assert sim.returncode == 0, sim.stderr[-3000:]
     for g in (0, 1):
         assert max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) < 1e-5
