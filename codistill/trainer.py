@@ -127,6 +127,7 @@ class Trainer:
         self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index)
         targets = getattr(self.data.dataset, "targets", None)
         try:
+            self.data.labels.check(y, "data.train")
             if isinstance(targets, torch.Tensor):  # labels known up front (in-memory datasets): check them all now
                 self.data.labels.check(targets if self.data.subset is None else targets[self.data.subset], "data.train")
         except DataFormatError as e:

@@ -241,7 +241,8 @@ class TrainingData:
                 raise DataFormatError(f"{name} is a {type(ds).__name__}, not a map-style dataset (__len__ and __getitem__)")
             if len(ds) == 0:
                 raise DataFormatError(f"{name} is empty")
-            fetch(ds, [0], collate)  # samples are (input, target) pairs with integer targets
+            with seeded(derive_seed(seed, "check")):  # a dataset's augmentation must not draw from our generators
+                fetch(ds, [0], collate)  # samples are (input, target) pairs with integer targets
         n = len(dataset)
         if train_examples > n:
             raise DataFormatError(f"data.train_examples={train_examples} is larger than the training set ({n} examples)")
@@ -259,7 +260,8 @@ class TrainingData:
 
     def probe(self) -> tuple[Any, torch.Tensor]:
         """Two training examples (a batch of the model's input type), to check a model's output against the labels."""
-        return fetch(self.dataset, [0, 1] if len(self.dataset) > 1 else [0], self.collate)
+        with seeded(derive_seed(self.seed, "check")):
+            return fetch(self.dataset, [0, 1] if len(self.dataset) > 1 else [0], self.collate)
 
     def train_loader(self, stream: GroupStream, group: int, replica: int, start: int, stop: int) -> DataLoader:
         return DataLoader(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codistill import checkpoint
-from tests.helpers import make_trainer
+from tests.helpers import FAST, USER, make_trainer
 
 # Exchanges before steps 5, 6, 12, 18, 24, ...: the copies at step 20 come from step 18, so the resumed run must
 # restore them (and their source step) from the checkpoint rather than re-exchange.
@@ -17,11 +17,15 @@ CASES = {
     "plain_sgd": [],
     # stacked groups share one optimizer over stacked tensors; the checkpoint must restore it through the views
     "vectorized": ["topology.vectorize=true", "optim.name=adam"],
+    # a user's model (dict output, BatchNorm, dropout) and augmenting dataset, fetched by 2 loader workers per
+    # replica: the resumed loaders start at step 20 and draw the same augmentations
+    "user_components_2_workers": ["topology.replicas=2", "data.num_workers=2"],
 }
+BASE = {"user_components_2_workers": USER}
 
 
-def train(run_dir: Path, steps: int, args: list[str]):
-    trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir)
+def train(run_dir: Path, steps: int, args: list[str], base: list[str] = FAST):
+    trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, base)
     trainer.fit()
     trainer.close()
     return trainer
@@ -39,10 +43,10 @@ def state(trainer) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("exchange", ["collective", "filesystem"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_is_bit_identical(tmp_path: Path, exchange: str, case: str) -> None:
-    args = [*SCHEDULE, *CASES[case], f"distill.exchange={exchange}"]
-    straight = state(train(tmp_path / "straight", 40, args))
-    train(tmp_path / "resumed", 20, args)
-    resumed = train(tmp_path / "resumed", 40, args)
+    args, base = [*SCHEDULE, *CASES[case], f"distill.exchange={exchange}"], BASE.get(case, FAST)
+    straight = state(train(tmp_path / "straight", 40, args, base))
+    train(tmp_path / "resumed", 20, args, base)
+    resumed = train(tmp_path / "resumed", 40, args, base)
     assert resumed.start_step == 20
     after = state(resumed)
     assert after.keys() == straight.keys()
