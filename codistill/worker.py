@@ -62,7 +62,7 @@ class GroupWorker:
         self.stream = GroupStream(
             data.num_examples, group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
         )
-        self._batches: dict[int, Iterator[tuple[Any, torch.Tensor]]] = {}  # replica -> its loader, from the first step
+        self._batches: dict[int, Iterator[tuple[int, Any, torch.Tensor]]] = {}  # replica -> its loader
         self.rng = ReplicaRNG(cfg.seed, group, self.replicas, self.device)
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
@@ -91,11 +91,16 @@ class GroupWorker:
         return parts_sum
 
     def _batch(self, step: int, replica: int) -> tuple[Any, torch.Tensor]:
-        """`replica`'s batch of this step from its DataLoader (started at the first step run: a resume's step)."""
+        """`replica`'s batch of this step from its DataLoader (started at the first step run: a resume's step).
+
+        Steps must be consecutive: the loader prefetches them in order.
+        """
         if replica not in self._batches:
             loader = self.data.train_loader(self.stream, self.group, replica, step, self.cfg.trainer.max_steps)
             self._batches[replica] = iter(loader)
-        x, y = next(self._batches[replica])
+        got, x, y = next(self._batches[replica])
+        if got != step:
+            raise RuntimeError(f"group {self.group} replica {replica}: asked for step {step}'s batch, the loader is at {got}")
         return to_device(x, self.device), y.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager

@@ -49,7 +49,9 @@ def pipeline(workers: int, **kwargs) -> TrainingData:
 
 def batches(data: TrainingData, group: int, replica: int, start: int, stop: int) -> list:
     stream = GroupStream(data.num_examples, group, 2, 2, 32, 3, "shared")
-    return list(data.train_loader(stream, group, replica, start, stop))
+    out = list(data.train_loader(stream, group, replica, start, stop))
+    assert [step for step, _, _ in out] == list(range(start, stop))
+    return [(x, y) for _, x, y in out]
 
 
 def test_augmentation_is_a_function_of_seed_group_replica_and_step() -> None:
@@ -79,7 +81,7 @@ def test_label_noise_is_seeded_symmetric_and_shared_by_the_groups() -> None:
     labels = {}
     for g in (0, 1):
         stream = GroupStream(512, g, 2, 1, 512, 3, "shared")
-        (x, y), = list(noisy.train_loader(stream, g, 0, 0, 1))
+        ((_, x, y),) = list(noisy.train_loader(stream, g, 0, 0, 1))
         labels[g] = dict(zip(stream.batch_indices(0, 0).tolist(), y.tolist()))
     assert labels[0] == labels[1]  # every group sees the same corrupted label for an example
     true = Blobs("train").y

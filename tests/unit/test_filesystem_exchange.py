@@ -38,7 +38,7 @@ def test_groups_in_separate_jobs_read_each_others_snapshots(tmp_path: Path) -> N
     assert a.workers[0].teachers.source_step == {1: 1}
     assert torch.equal(a.workers[0].teachers.flattener[1].flatten(a.workers[0].teachers.models[1]),
                        b.workers[1].flattener.flatten(b.workers[1].model))
-    assert a.workers[0].train_step(5)[2] > 0  # the distillation term is present
+    assert a.workers[0].train_step(1)[2] > 0  # the distillation term is present
     a.close(), b.close()
 
 
