@@ -12,7 +12,7 @@ if ! dpkg -s $packages >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get install -y -q $packages >/dev/null 2>&1 || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q $packages >/dev/null; }
   else
-    echo "setup: apt-get not found; install Fashion-MNIST IDX files yourself and pass data.root=DIR" >&2
+    echo "setup: apt-get not found; install Fashion-MNIST IDX files yourself and pass data.train.root=DIR" >&2
   fi
 fi
 

