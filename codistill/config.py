@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 
 
@@ -59,6 +60,8 @@ class DistillConfig:
     # collective: replica r fetches the r-th 1/R shard of each peer's state across groups, then the group
     # all-gathers the shards (cross-group bytes / R)
     shard_exchange: bool = False
+    # float32 | bfloat16: the dtype teacher copies are stored, exchanged and run in (bf16: half the memory and bytes)
+    teacher_dtype: str = "float32"
     alpha: float = 1.0  # weight of the distillation term
     temperature: float = 1.0  # T; the KL term is multiplied by T^2 so its gradient scale does not depend on T
     aggregate: str = "mean_probs"  # mean_probs (Anil et al.) | mean_kl (DML)
@@ -95,6 +98,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # L2 penalty (Sodhani et al. 2020: codistillation wants less of it)
     nesterov: bool = False
     warmup_steps: int = 0  # linear learning-rate warm-up steps
+    grad_clip: Optional[float] = None  # max global norm of each group's averaged gradient; its pre-clip norm is logged
     schedule: str = "constant"  # constant | cosine
 
 
@@ -108,6 +112,12 @@ class TrainerConfig:
     checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
     checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)
     resume: str = "auto"  # auto: newest complete checkpoint of the run dir, if any | never | <checkpoint path>
+    # fp32 (exact reference) | bf16 (autocast; this CPU's AMX, GPUs' tensor cores) | fp16 (autocast + GradScaler, CUDA)
+    precision: str = "fp32"
+    # Micro-batches per replica per optimizer step: each replica's share of trainer.batch_size is split in N (DDP
+    # syncs on the last only), so the step's gradient is the same, with 1/N of the activation memory.
+    grad_accum: int = 1
+    compile: bool = False  # torch.compile the students and the teacher copies' forwards
 
 
 @dataclass
@@ -251,6 +261,23 @@ def validate(cfg: Any, replicas: int) -> None:
         f"trainer.batch_size={tr.batch_size} is not divisible by the {replicas} replicas of a group: "
         "each replica takes an equal share of the group's batch",
     )
+    _choice(tr.precision, ("fp32", "bf16", "fp16"), "trainer.precision")
+    _check(
+        tr.precision != "fp16" or top.device == "cuda" or (top.device == "auto" and torch.cuda.is_available()),
+        "trainer.precision=fp16 needs a CUDA device (its GradScaler is CUDA-only): use trainer.precision=bf16 on a CPU",
+    )
+    _choice(dist.teacher_dtype, ("float32", "bfloat16"), "distill.teacher_dtype")
+    _check(
+        dist.teacher_dtype == "float32" or dist.mode != "average",
+        "distill.mode=average averages the groups' float32 states: leave distill.teacher_dtype=float32",
+    )
+    _check(tr.grad_accum >= 1, f"trainer.grad_accum={tr.grad_accum} must be >= 1")
+    _check(
+        tr.batch_size % (replicas * tr.grad_accum) == 0,
+        f"trainer.batch_size={tr.batch_size} is not divisible by {replicas} replicas x trainer.grad_accum="
+        f"{tr.grad_accum} micro-batches",
+    )
+    _check(opt.grad_clip is None or opt.grad_clip > 0, f"optim.grad_clip={opt.grad_clip} must be > 0 (or null: no clipping)")
     _check(tr.log_every >= 1, f"trainer.log_every={tr.log_every} must be >= 1")
     _check(tr.eval_every >= 0, f"trainer.eval_every={tr.eval_every} must be >= 0")
     _check(opt.lr > 0, f"optim.lr={opt.lr} must be > 0")

@@ -1,8 +1,12 @@
-"""Stale teacher copies: each group's private, frozen copies of its peers' parameters.
+"""Stale teacher copies: frozen copies of peers' parameters, refreshed only by exchanges.
 
 A teacher copy is a plain module in eval mode with requires_grad off, outside DDP and the optimizer. It changes
 only when an exchange loads a peer's snapshot into it, so between exchanges it is stale by up to K steps, which is
 what lets groups communicate rarely (Anil et al. 2018, Alg. 1).
+
+Copies live in a per-process pool: one copy of each group's snapshot, shared by every local student that distils
+from it (each runs the forward on its own batch). In simulated mode that is G copies for G groups, not G x (G - 1);
+under torchrun a rank holds its G - 1 peers. Copies may be stored, exchanged and run in bfloat16.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import torch
 from torch import nn
 
 from codistill.logits import as_logits
+from codistill.precision import teacher_autocast
 
 
 class StateFlattener:
-    """Packs a module's parameters and buffers into one float32 vector and back (one buffer = one collective)."""
+    """Packs a module's parameters and buffers into one vector (one buffer = one collective) and back."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         self.entries = [(name, t.shape, t.numel()) for name, t in module.state_dict().items()]
         self.numel = sum(n for _, _, n in self.entries)
+        self.dtype = dtype
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         state = module.state_dict()
-        return torch.cat([state[name].detach().reshape(-1).to(torch.float32) for name, _, _ in self.entries])
+        return torch.cat([state[name].detach().reshape(-1).to(self.dtype) for name, _, _ in self.entries])
 
     @torch.no_grad()
     def load(self, module: nn.Module, flat: torch.Tensor) -> None:
@@ -36,20 +42,48 @@ class StateFlattener:
             offset += n
 
 
-class TeacherCopies:
-    """The copies one group keeps of its peers, with the step each copy was taken at."""
+class TeacherPool:
+    """This process's teacher copies: at most one per group, built on first use, loaded once per snapshot."""
 
-    def __init__(self, peers: list[int], build: Callable[[int], nn.Module], device: torch.device) -> None:
+    def __init__(self, build: Callable[[int], nn.Module], device: torch.device, dtype: torch.dtype = torch.float32,
+                 compile: bool = False) -> None:
+        self.build, self.device, self.dtype, self.compile = build, device, dtype, compile
         self.models: dict[int, nn.Module] = {}
-        for p in peers:
-            model = build(p).to(device).eval()
+        self.forwards: dict[int, Callable] = {}  # the (compiled) forward of each copy
+        self.flattener: dict[int, StateFlattener] = {}
+        self.loaded_step: dict[int, Optional[int]] = {}
+
+    def get(self, group: int) -> nn.Module:
+        if group not in self.models:
+            model = self.build(group).to(self.device, self.dtype).eval()
             model.requires_grad_(False)
-            self.models[p] = model
-        self.flattener = {p: StateFlattener(m) for p, m in self.models.items()}
+            self.models[group] = model
+            self.forwards[group] = torch.compile(model) if self.compile else model
+            self.flattener[group] = StateFlattener(model, self.dtype)
+            self.loaded_step[group] = None
+        return self.models[group]
+
+    def load(self, group: int, flat: torch.Tensor, step: int) -> None:
+        """Copy `group`'s snapshot of `step` into its copy (once: students sharing the copy load the same one).
+
+        The copy is written in place, so a compiled forward keeps running on the new weights without recompiling.
+        """
+        if self.loaded_step[group] != step:
+            self.flattener[group].load(self.models[group], flat)
+            self.loaded_step[group] = step
+
+
+class TeacherCopies:
+    """The copies one group distils from (its peers', from the pool), with the step each was taken at."""
+
+    def __init__(self, peers: list[int], pool: TeacherPool) -> None:
+        self.pool = pool
+        self.models: dict[int, nn.Module] = {p: pool.get(p) for p in peers}
+        self.flattener = {p: pool.flattener[p] for p in peers}
         self.source_step: dict[int, Optional[int]] = {p: None for p in peers}
 
     def load(self, peer: int, flat: torch.Tensor, step: int) -> None:
-        self.flattener[peer].load(self.models[peer], flat)
+        self.pool.load(peer, flat, step)
         self.source_step[peer] = step
 
     def state_dict(self) -> dict[int, dict]:
@@ -62,7 +96,7 @@ class TeacherCopies:
 
     def load_state_dict(self, state: dict[int, dict]) -> None:
         for p, copy in state.items():
-            self.load(p, copy["flat"], copy["step"])  # copy_ moves it to the copy's device
+            self.load(p, copy["flat"], copy["step"])  # copy_ moves it to the copy's device and dtype
 
     @property
     def ready(self) -> list[int]:
@@ -71,7 +105,8 @@ class TeacherCopies:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [as_logits(self.models[p](x)) for p in self.ready]
+        with teacher_autocast(self.pool.dtype, self.pool.device):
+            return [as_logits(self.pool.forwards[p](x)) for p in self.ready]
 
     def staleness(self, step: int) -> Optional[int]:
         """Steps since the oldest copy was taken (None before the first exchange)."""

@@ -31,7 +31,9 @@ from codistill.kd import FixedTeacher, load_teacher
 from codistill.data.pipeline import to_device
 from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
+from codistill.precision import TEACHER_DTYPES
 from codistill.reporting import format_progress
+from codistill.teachers import TeacherPool
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
 
@@ -83,10 +85,13 @@ class Trainer:
 
         state_sizes = cohort.state_sizes(build, topo.groups)
         teacher = load_teacher(cfg, topo.device) if kd else None  # loaded once, never exchanged
+        pool = TeacherPool(build, topo.device, TEACHER_DTYPES[d.teacher_dtype], cfg.trainer.compile)
         self.workers = {
-            g: GroupWorker(g, cfg, topo, self.data, build, self.schedule, teachers=teacher) for g in topo.local_groups
+            g: GroupWorker(g, cfg, topo, self.data, build, self.schedule, pool, teachers=teacher)
+            for g in topo.local_groups
         }
         self.num_classes = self._check_models(teacher)
+        log.info("teacher copies in this process: %d", len(pool.models))
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
@@ -101,19 +106,18 @@ class Trainer:
         else:
             self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes, shard_pg)
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
-        self._train_sums = torch.zeros(topo.groups, 3, device=topo.device)
+        self._train_sums = torch.zeros(topo.groups, 4, device=topo.device)
         self._window = 0
         self._clock = (time.perf_counter(), self.start_step)
         self.final_eval: Optional[tuple[list[dict], dict]] = None
         self._eval_batches: Optional[torch.utils.data.DataLoader] = None
 
     def _check_models(self, teacher: Optional[FixedTeacher]) -> int:
-        """Run every local model (students, teacher copies, a KD teacher) on two training examples: each must return
-        logits [*label shape, C] with one C for all (the ranks agree on it). Sets the labels' valid range."""
+        """Run every local student (and a KD teacher) on two training examples: each must return logits
+        [*label shape, C] with one C for all (the ranks agree on it, so every group is checked on some rank; teacher
+        copies are built like the students). Sets the labels' valid range."""
         x, y = self.data.probe()
         models = {f"group {g}'s model": w.model for g, w in self.workers.items()}
-        for w in self.workers.values():
-            models.update({f"group {p}'s model": m for p, m in getattr(w.teachers, "models", {}).items()})
         if teacher is not None:
             models["the distill.teacher_checkpoint model"] = teacher.model
         classes = {}
@@ -185,20 +189,21 @@ class Trainer:
     # --- log and evaluate ---------------------------------------------------------------------------------------
     def _report(self, step: int, evaluate: bool) -> None:
         G = self.topo.groups
-        stats = torch.zeros(G, 5, dtype=torch.float64)
-        stats[:, :3] = self._train_sums.double().cpu() / self._window
+        stats = torch.zeros(G, 6, dtype=torch.float64)
+        stats[:, :4] = self._train_sums.double().cpu() / self._window
         for g, w in self.workers.items():
             if self.topo.is_group_leader(g):
-                stats[g, 3] = w.staleness(step)
-                stats[g, 4] = w.lr_schedule.get_last_lr()[0]
+                stats[g, 4] = w.staleness(step)
+                stats[g, 5] = w.lr_schedule.get_last_lr()[0]
         self.topo.all_reduce_sum(stats)
         self._train_sums.zero_()
         self._window = 0
         records = [
             {
                 "step": step, "group": g, "train/loss": stats[g, 0].item(), "train/ce": stats[g, 1].item(),
-                "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 3].item()),
-                "lr": stats[g, 4].item(),
+                "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 4].item()),
+                "lr": stats[g, 5].item(),
+                **({"train/grad_norm": stats[g, 3].item()} if self.cfg.optim.grad_clip is not None else {}),
             }
             for g in self.topo.job_groups
         ]

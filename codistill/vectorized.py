@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 
 from codistill.algorithm import loss_from_logits
 from codistill.logits import as_logits
+from codistill.precision import teacher_autocast
 from codistill.optim import build_optimizer, build_schedule
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
@@ -42,6 +43,10 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "it needs topology.mode=simulated (under torchrun a process holds one group)"
     if len(workers) < 2:
         return "there is only one group"
+    if cfg.trainer.precision == "fp16":
+        return "fp16's GradScaler steps each group's optimizer on its own"
+    if cfg.trainer.compile:
+        return "trainer.compile compiles each group's module, not the stacked functional step"
     if cfg.distill.mode == "kd":
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
     if not cfg.distill.exchange.startswith("collective"):
@@ -69,6 +74,16 @@ def build(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional
     return VectorizedGroups(cfg, workers)
 
 
+def clip_stacked(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ of every group at once over stacked [G, ...] parameters; returns the G pre-clip norms."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads]).norm(dim=0)  # [G]
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # the formula of torch.nn.utils.clip_grad_norm_
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    return norms
+
+
 class VectorizedGroups:
     def __init__(self, cfg: Any, workers: dict[int, GroupWorker]) -> None:
         self.cfg = cfg
@@ -90,19 +105,25 @@ class VectorizedGroups:
         self._teachers: tuple[int, Params] = (0, {})
 
     def train_step(self, step: int) -> torch.Tensor:
-        """One step of every group; returns [G, 3] rows as GroupWorker.train_step returns them, stacked."""
+        """One step of every group; returns [G, 4] rows as GroupWorker.train_step returns them, stacked."""
         w0, d, G = self.workers[0], self.cfg.distill, len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
-        sums = torch.zeros(G, 3, device=w0.device)
+        sums = torch.zeros(G, 4, device=w0.device)
         for r in w0.replicas:
             batches = [w._batch(step, r) for w in self.workers]
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            teacher_logits = self._teacher_logits(teachers, x) if teachers is not None else []
-            logits = self._forward(self.params, x)
-            parts = loss_from_logits(logits, teacher_logits, y, d.alpha, d.temperature, d.psi, d.aggregate, groups=G,
-                                     ignore_index=self.cfg.loss.ignore_index)
-            (parts.total.sum() * w0.grad_scale).backward()
-            sums += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / len(w0.replicas)
+            for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+                with w0.precision.autocast():
+                    teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
+                    logits = self._forward(self.params, xm)
+                parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
+                                         d.temperature, d.psi, d.aggregate, groups=G,
+                                         ignore_index=self.cfg.loss.ignore_index)
+                (parts.total.sum() * w0.grad_scale).backward()
+                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
+                    len(w0.replicas) * w0.accum)
+        if self.cfg.optim.grad_clip is not None:
+            sums[:, 3] = clip_stacked(list(self.params.values()), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -119,7 +140,9 @@ class VectorizedGroups:
             return []
         G = len(self.workers)
         per_teacher = {name: t.view(n, G, *t.shape[1:]) for name, t in params.items()}
-        return list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers, not copied
+        w0 = self.workers[0]
+        with teacher_autocast(w0.teachers.pool.dtype, w0.device):
+            return list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers
 
     def _teacher_stack(self) -> tuple[int, Params]:
         """n, and the copies stacked [n * G, ...]: row j * G + g is group g's j-th ready teacher copy (peers in

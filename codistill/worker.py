@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codistill.algorithm import Schedule, codistill_loss
+from codistill.algorithm import LossParts, Schedule, loss_from_logits
 from codistill.data import GroupStream
 from codistill.data.pipeline import TrainingData, to_device
+from codistill.config import ConfigError
 from codistill.kd import FixedTeacher
 from codistill.logits import as_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.rng import ReplicaRNG, derive_seed
-from codistill.teachers import StateFlattener, TeacherCopies
+from codistill.precision import Precision
+from codistill.teachers import StateFlattener, TeacherCopies, TeacherPool
 from codistill.topology import Topology
+
+
+def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tensor]]:
+    """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
+    if n == 1:
+        return [(x, y)]
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs; this dataset's inputs are {type(x).__name__}")
+    return list(zip(x.chunk(n), y.chunk(n)))
 
 
 class GroupWorker:
@@ -38,27 +49,36 @@ class GroupWorker:
         data: TrainingData,
         build_model: Callable[[int], nn.Module],
         schedule: Schedule,
+        pool: TeacherPool,
         teachers: Optional[FixedTeacher] = None,
     ) -> None:
-        """`teachers`: a fixed teacher source (mode=kd) used instead of exchanged copies of the peers."""
+        """`pool`: this process's teacher copies (shared by its groups). `teachers`: a fixed teacher source (mode=kd)
+        used instead of exchanged copies of the peers."""
         self.group, self.cfg, self.topo, self.data, self.schedule = group, cfg, topo, data, schedule
         self.device = topo.device
         self.replicas = topo.local_replicas
         torch.manual_seed(derive_seed(cfg.seed, "init", group))  # same init on every replica of the group
         self.model = build_model(group).to(self.device)
-        self.flattener = StateFlattener(self.model)
+        self.flattener = StateFlattener(self.model, pool.dtype if schedule.enabled else torch.float32)  # what moves
         self.has_buffers = any(True for _ in self.model.buffers())
         use_ddp = not topo.simulated and topo.replicas > 1
-        self.module: nn.Module = (
+        self.ddp: Optional[DDP] = (
             DDP(self.model, process_group=topo.replica_pg, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if use_ddp
-            else self.model
+            else None
         )
-        self.grad_scale = 1.0 / len(self.replicas)  # DDP already averages over ranks; simulated averages here
+        tr = cfg.trainer
+        self.module: nn.Module = self.ddp or self.model
+        if tr.compile:
+            self.module = torch.compile(self.module)  # checkpoints and evaluation keep using the plain self.model
+        self.precision = Precision(tr.precision, self.device)
+        self.accum = tr.grad_accum
+        # DDP already averages over ranks; simulated mode averages its R replicas here; both over the micro-batches
+        self.grad_scale = 1.0 / (len(self.replicas) * self.accum)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         peers = [p for p in range(topo.groups) if p != group] if schedule.enabled else []
-        self.teachers = teachers if teachers is not None else TeacherCopies(peers, build_model, self.device)
+        self.teachers = teachers if teachers is not None else TeacherCopies(peers, pool)
         self.stream = GroupStream(
             data.num_examples, group, topo.groups, topo.replicas, cfg.trainer.batch_size, cfg.seed, cfg.data.partition
         )
@@ -67,28 +87,48 @@ class GroupWorker:
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
-        """Run one synchronous step of this group; return [loss, ce, distill] / R summed over local replicas.
+        """Run one synchronous step of this group; return [loss, ce, distill, grad norm] / R summed over local
+        replicas.
 
-        Summed over all R replicas (all ranks of the group under torchrun) this is the group's mean loss.
+        Summed over all R replicas (all ranks of the group under torchrun) this is the group's mean loss and its
+        pre-clip gradient norm (0 without optim.grad_clip).
         """
-        d = self.cfg.distill
         self.module.train()
         distilling = self.schedule.distilling(step)
-        parts_sum = torch.zeros(3, device=self.device)
+        parts_sum = torch.zeros(4, device=self.device)
+        share = 1.0 / (self.topo.replicas * self.accum)
         with self._ddp_buffer_semantics() as before_replica:
             for r in self.replicas:
                 before_replica(r)
                 x, y = self._batch(step, r)
-                teacher_logits = self.teachers.predict(x) if distilling else []
-                with self.rng.use(r):
-                    parts = codistill_loss(self.module, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate,
-                                           self.cfg.loss.ignore_index)
-                (parts.total * self.grad_scale).backward()
-                parts_sum += torch.stack([parts.total.detach(), parts.ce, parts.distill]) / self.topo.replicas
-        self.optimizer.step()
+                for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
+                    with self._grad_sync(last=i == self.accum - 1):
+                        parts = self._loss(xm, ym, distilling, r)
+                        self.precision.backward(parts.total * self.grad_scale)
+                    parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
+        clip = self.cfg.optim.grad_clip
+        if clip is not None:
+            self.precision.unscale(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            parts_sum[3] = norm * (len(self.replicas) / self.topo.replicas)
+        self.precision.step(self.optimizer)
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         return parts_sum
+
+    def _loss(self, x: Any, y: torch.Tensor, distilling: bool, replica: int) -> LossParts:
+        """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
+        d = self.cfg.distill
+        with self.precision.autocast():
+            teacher_logits = self.teachers.predict(x) if distilling else []
+            with self.rng.use(replica):
+                logits = as_logits(self.module(x))
+        return loss_from_logits(logits.float(), [t.float() for t in teacher_logits], y, d.alpha, d.temperature, d.psi,
+                                d.aggregate, ignore_index=self.cfg.loss.ignore_index)
+
+    def _grad_sync(self, last: bool) -> ContextManager:
+        """DDP all-reduces the gradient on the last micro-batch of a step only."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def _batch(self, step: int, replica: int) -> tuple[Any, torch.Tensor]:
         """`replica`'s batch of this step from its DataLoader (started at the first step run: a resume's step).
@@ -156,7 +196,7 @@ class GroupWorker:
     def release(self) -> None:
         """Drop DDP (its reducer holds process-group work) before the process group is destroyed, and stop the
         loaders' worker processes."""
-        self.module = self.model
+        self.module, self.ddp = self.model, None
         self._batches.clear()
 
     def state_dict(self) -> dict:
@@ -171,6 +211,7 @@ class GroupWorker:
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
             "teachers": copies,
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -179,5 +220,6 @@ class GroupWorker:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         if isinstance(self.teachers, TeacherCopies):
             self.teachers.load_state_dict(state["teachers"])

@@ -1,5 +1,6 @@
 """Real torchrun jobs (gloo, CPU): simulated == torchrun, replicas identical, two "nodes" on 127.0.0.1."""
 
+import json
 import re
 import socket
 import subprocess
@@ -20,6 +21,8 @@ CASES = {
     # a user's model (returns a dict; BatchNorm, dropout) and datasets (random augmentation) defined outside the
     # package, fetched by 2 loader workers per replica
     "user_components": ["data.num_workers=2"],
+    # 2 micro-batches per replica (DDP syncs on the second only) and global-norm clipping of the averaged gradient
+    "accum_clip": ["trainer.grad_accum=2", "optim.grad_clip=0.5"],
 }
 BASE = {"cnn_batchnorm": ANY_MODEL, "user_components": USER}
 
@@ -54,6 +57,7 @@ def test_simulated_equals_torchrun(tmp_path: Path, case: str) -> None:
     # Clean shutdown: gloo's threads are joined when the process group is destroyed, not left to race the
     # interpreter's finalisation (the cause of rare SIGABRTs after destroy_process_group; see Topology.start).
     assert all("process groups destroyed; 1 native threads left" in text for text in logs)
+    assert all("teacher copies in this process: 1" in text for text in logs)  # G - 1 per rank (simulated: G)
     assert (dist_dir / "metrics.jsonl").read_text() and (dist_dir / ".hydra").is_dir()
 
 
@@ -84,3 +88,13 @@ def test_two_nodes_on_localhost_share_one_run_dir(tmp_path: Path) -> None:
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
     assert (run_dir / "checkpoints" / "group0" / "final.pt").exists()
     assert (run_dir / "checkpoints" / "group1" / "final.pt").exists()
+
+
+@pytest.mark.torchrun
+def test_compiled_ddp_groups_train(tmp_path: Path) -> None:
+    """trainer.compile under torchrun: compiled DDP students (2 x 2) and compiled teacher copies."""
+    job = run_torchrun(4, ["trainer.compile=true", "trainer.max_steps=4", "distill.burn_in_steps=1",
+                           "distill.exchange_every=1", "topology.groups=2", f"hydra.run.dir={tmp_path}"], timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 4 and any(r.get("train/distill", 0) > 0 for r in records)
