@@ -27,7 +27,14 @@ from codistill import cohort
 from codistill.components import Components, data_from_config, training_data
 from codistill.compose import compose_config
 from codistill.config import ConfigError
+from codistill.instantiate import OBJECT_KEY
 from codistill.train import RunError, train
+
+
+def python_object(obj: Any) -> dict:
+    """How the run's config records a component given as an object: by name, marked as not rebuildable."""
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return {"_target_": None, OBJECT_KEY: f"{getattr(obj, '__module__', type(obj).__module__)}.{name}"}
 
 
 def fit(
@@ -59,14 +66,17 @@ def fit(
     try:
         if model is not None:
             models = [model] * cfg.topology.groups
-            with open_dict(cfg):  # the run's recorded config names the factory it was given
-                cfg.model = {"_target_": f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', '?')}"}
+            with open_dict(cfg):  # the recorded config says the model came as an object (tools cannot rebuild it)
+                cfg.model = python_object(model)
                 cfg.model_per_group = []
         else:
             cohort.validate(cfg)
             models = cohort.factories(cfg)
         if train_data is not None:
             data = training_data(train_data, eval_data, collate_fn, cfg.seed, cfg.data)
+            with open_dict(cfg):
+                cfg.data.train, cfg.data.eval = python_object(train_data), python_object(eval_data)
+                cfg.data.collate_fn = None if collate_fn is None else python_object(collate_fn)
         else:
             data = data_from_config(cfg.data, cfg.seed)
     except ConfigError as e:

@@ -23,8 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from codistill.config import ConfigError
 
 
+OBJECT_KEY = "_python_object_"  # marks a component that codistill.fit received as an object, not an import path
+
+
 def target_of(node: Any, where: str) -> Callable[..., Any]:
     """The callable `node._target_` names, imported; raises ConfigError when the path does not resolve."""
+    if isinstance(node, (dict, DictConfig)) and node.get(OBJECT_KEY):
+        raise ConfigError(
+            f"{where} was given to codistill.fit as a Python object ({node[OBJECT_KEY]}), not an import path: build "
+            "it yourself (a final.pt's 'model' entry is a plain state_dict for your own model)"
+        )
     if not isinstance(node, (dict, DictConfig)) or not node.get("_target_"):
         raise ConfigError(f"{where} needs _target_: the import path of a callable (e.g. {where}._target_=pkg.mod.Class)")
     path = str(node["_target_"])

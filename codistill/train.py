@@ -137,18 +137,39 @@ def _hydra_main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+def without_config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without --config-dir/-cd DIR, the directories it named)."""
+    rest, dirs, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+        i += 1
+    return rest, dirs
+
+
 def preflight(argv: list[str]) -> None:
     """Compose the config once before Hydra does, to turn a typo or an unknown option into one line.
 
     Hydra reports composition errors over several lines; here the first line and the offending key suffice.
-    Sweeps and Hydra's own flags are left to Hydra.
+    A user's config directory (--config-dir DIR) joins the search path as it does for Hydra; sweeps and Hydra's
+    other flags are left to Hydra.
     """
     launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), "")
     if launcher.startswith("submitit") and not installed("hydra_plugins.hydra_submitit_launcher"):
         fail(f"hydra/launcher={launcher} needs the submitit launcher: pip install 'codistill[slurm]'")
+    argv, config_dirs = without_config_dirs(argv)
     if any(a.startswith("-") for a in argv):
         return
     overrides = [a for a in argv if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if config_dirs:
+        overrides.append(f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]")
     from hydra import compose, initialize_config_dir
 
     try:

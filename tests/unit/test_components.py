@@ -15,6 +15,7 @@ from codistill.data.pipeline import Labels, LoaderOptions, TrainingData
 from codistill.data.streams import GroupStream
 from codistill.logits import ModelOutputError, as_logits
 from codistill import metrics
+from codistill.tools import evaluate
 from codistill.train import RunError
 from tests.helpers import USER, make_trainer
 from tests.user_components import Blobs, DictNet, ObjectNet, Output
@@ -115,14 +116,17 @@ def test_ignore_index_drops_padding_from_both_terms_and_the_metrics() -> None:
     assert torch.equal(with_padding, without) and with_padding[0, 2] == keep.sum()
 
 
-def test_fit_takes_python_objects(tmp_path: Path) -> None:
+def test_fit_takes_python_objects(tmp_path: Path, capsys) -> None:
     result = codistill.fit(
         ["topology.replicas=2", *SHORT, "trainer.batch_size=32"],
         model=lambda: DictNet(16, 4, width=16), train_data=Blobs("train"), eval_data=Blobs("test"),
         run_dir=tmp_path,
     )
     assert len(result["per_group"]) == 2 and result["run"]["ensemble/acc"] > 0.5
-    assert (tmp_path / "checkpoints" / "group1" / "final.pt").exists()
+    final = tmp_path / "checkpoints" / "group1" / "final.pt"
+    with pytest.raises(SystemExit):  # the tools cannot rebuild objects: one line says so, nothing runs on other data
+        evaluate.main([str(final)])
+    assert "was given to codistill.fit as a Python object (tests.user_components.Blobs)" in capsys.readouterr().err
     with pytest.raises(RunError, match="not an instance"):
         codistill.fit(model=DictNet(16, 4))
     with pytest.raises(RunError, match="samples must be"):
