@@ -216,6 +216,7 @@ class FilesystemExchange:
         sizes: dict[int, int],
         keep: int,
         start_step: int,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         """`signatures[g]` / `sizes[g]`: architecture and flat length of every group this process publishes or reads.
 
@@ -223,7 +224,7 @@ class FilesystemExchange:
         steps, left by an earlier incarnation, are removed so no peer reads a state this run will not reach again.
         """
         self.root, self.run_id, self.topo = root, run_id, topo
-        self.signatures, self.sizes = signatures, sizes
+        self.signatures, self.sizes, self.dtype = signatures, sizes, dtype  # dtype: distill.teacher_dtype
         self.same_job = len(topo.job_groups) == topo.groups  # every group steps in this job: read exact steps
         self.leads = [g for g in topo.local_groups if topo.is_group_leader(g)]
         local = set(topo.local_groups)
@@ -248,7 +249,8 @@ class FilesystemExchange:
             if isinstance(w.teachers, TeacherCopies):
                 signatures.update({p: architecture_signature(f.entries) for p, f in w.teachers.flattener.items()})
         root, run_id = prepare(cfg, run_dir)
-        return cls(root, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step)
+        dtype = next(iter(workers.values())).flattener.dtype
+        return cls(root, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step, dtype)
 
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         for g in self.leads:
@@ -332,7 +334,7 @@ class FilesystemExchange:
         for p in self.wanted:
             if header[p] < 0:
                 continue
-            flat = chosen[p].flat.to(device) if p in chosen else torch.empty(self.sizes[p], device=device)
+            flat = chosen[p].flat.to(device) if p in chosen else torch.empty(self.sizes[p], dtype=self.dtype, device=device)
             dist.broadcast(flat, src=src, group=pg)
             out[p] = Snapshot(p, int(header[p]), flat)
         return out

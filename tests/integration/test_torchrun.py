@@ -23,6 +23,8 @@ CASES = {
     "user_components": ["data.num_workers=2"],
     # 2 micro-batches per replica (DDP syncs on the second only) and global-norm clipping of the averaged gradient
     "accum_clip": ["trainer.grad_accum=2", "optim.grad_clip=0.5"],
+    # bf16 autocast, bf16 teacher copies, the filesystem exchange broadcasting a bf16 snapshot inside each group
+    "bf16_filesystem": ["trainer.precision=bf16", "distill.teacher_dtype=bfloat16", "distill.exchange=filesystem"],
 }
 BASE = {"cnn_batchnorm": ANY_MODEL, "user_components": USER}
 
