@@ -115,6 +115,7 @@ def test_compiled_students_and_teachers_train(tmp_path: Path) -> None:
     assert all(r["eval/acc"] > 0.2 for r in per_group)
 
 
+@pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
