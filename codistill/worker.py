@@ -27,7 +27,7 @@ from codistill.kd import FixedTeacher
 from codistill.logits import as_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.rng import ReplicaRNG, derive_seed
-from codistill.precision import Precision
+from codistill.precision import PRECISIONS, Precision
 from codistill.teachers import StateFlattener, TeacherCopies, TeacherPool
 from codistill.topology import Topology
 from codistill import sharding
@@ -77,7 +77,7 @@ class GroupWorker:
         self.model = build_model(group).to(self.device)
         self.sharded = sharding.enabled(cfg, topo)  # FSDP2: this rank holds 1/R of the model (codistill/sharding.py)
         if self.sharded:
-            self.model = shard_like_student(self.model, cfg, topo, group, Precision(cfg.trainer.precision, self.device).dtype)
+            self.model = shard_like_student(self.model, cfg, topo, group, PRECISIONS[cfg.trainer.precision])
         self.flattener = StateFlattener(self.model, pool.dtype if schedule.enabled else torch.float32)  # what moves
         self.has_buffers = any(True for _ in self.model.buffers())
         use_ddp = not topo.simulated and topo.replicas > 1 and not self.sharded
