@@ -4,6 +4,9 @@ Two kinds. `final.pt` (per group, `model_checkpoint`) holds a trained model to e
 checkpoint (`save_training` / `restore_training`) holds everything an exact resume needs, one directory per step:
 
     <run dir>/checkpoints/step{s:09d}/group{g}.pt       model, optimizer, LR schedule, teacher copies + their steps
+                                      group{g}/          topology.strategy=fsdp: the group's shards of model,
+                                                         optimizer and teacher copies (torch.distributed.checkpoint,
+                                                         one per group; group{g}.pt then holds the rest)
                                       rng-rank{k}.pt     process k's torch/numpy/python generators + replica streams
                                       manifest.json      step, topology, sha256 of every file: written last, so a
                                                          directory without it is incomplete and never resumed from
@@ -28,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from codistill.config import ConfigError
 
@@ -69,10 +73,13 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_checkpoint(model: torch.nn.Module, step: int, group: int, config: dict, extra: dict | None = None) -> dict:
-    """What a final checkpoint holds: enough to rebuild, evaluate or distill from the model without this run."""
-    # a copy: a view (e.g. a slice of topology.vectorize's stacked tensors) would save its whole storage
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def model_checkpoint(state: dict[str, torch.Tensor], step: int, group: int, config: dict, extra: dict | None = None
+                     ) -> dict:
+    """What a final checkpoint holds: enough to rebuild, evaluate or distill from the model without this run.
+
+    `state`: the whole model's state_dict, copied to the CPU (GroupWorker.full_state: a view, e.g. a slice of
+    topology.vectorize's stacked tensors, would save its whole storage; a sharded model is gathered first).
+    """
     return {"model": state, "step": step, "group": group, "config": config, **(extra or {})}
 
 
@@ -137,14 +144,20 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
         wrote, files = manifest["topology"], manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"resume checkpoint {path} is corrupt: unreadable {MANIFEST} ({e})") from None
-    if wrote != _layout_topology(layout):
+    strategy, wrote_strategy = cfg.topology.strategy, manifest.get("strategy", "ddp")
+    if wrote_strategy != strategy:
+        raise ConfigError(f"resume checkpoint {path} was written with topology.strategy={wrote_strategy}, this run uses "
+                          f"{strategy}: resume with the same strategy or trainer.resume=never")
+    resharding = strategy == "fsdp" and {**wrote, "replicas": layout.replicas} == _layout_topology(layout)
+    if wrote != _layout_topology(layout) and not resharding:
         raise ConfigError(
             f"resume checkpoint {path} was written by {wrote['groups']} groups x {wrote['replicas']} replicas "
             f"(groups in that job: {wrote['job_groups']}); this run is {layout.groups} x {layout.replicas} "
             f"(groups in this job: {list(layout.job_groups)}): resume with the same topology or trainer.resume=never"
         )
     local_groups = layout.job_groups if layout.mode == "simulated" else [layout.group]
-    for name in [*(f"group{g}.pt" for g in local_groups), f"rng-rank{layout.rank}.pt"]:
+    same_ranks = wrote["replicas"] == layout.replicas  # else (fsdp, another R) the generators start afresh
+    for name in [*(f"group{g}.pt" for g in local_groups), *([f"rng-rank{layout.rank}.pt"] if same_ranks else [])]:
         try:
             ok = hashlib.sha256((path / name).read_bytes()).hexdigest() == files[name]
         except (OSError, KeyError) as e:
@@ -189,13 +202,17 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
     try:
         for g, w in workers.items():
             w.sync_buffers()
+            if w.sharded:
+                w.save_sharded(folder / f"group{g}")
             if topo.is_group_leader(g):
-                atomic_save({**w.state_dict(), "step": step, "config": config}, folder / f"group{g}.pt")
+                state = w.sharded_record() if w.sharded else w.state_dict()
+                atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
         atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
         topo.barrier()
         if topo.is_main:
             files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
-            manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time()}
+            manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
+                        "strategy": config["topology"]["strategy"]}
             atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
             for old in complete_checkpoints(folder.parent)[keep:]:
                 (old / MANIFEST).unlink()  # first: an unsealed directory is never resumed from
@@ -211,9 +228,16 @@ def restore_training(path: Path, workers: dict[int, Any], topo: Any) -> int:
         step = None
         for g, w in workers.items():
             state = load(path / f"group{g}.pt")
-            w.load_state_dict(state)
+            if w.sharded:
+                w.load_sharded(path / f"group{g}", state)
+            else:
+                w.load_state_dict(state)
             step = state["step"]
-        set_rng_state(load(path / f"rng-rank{topo.layout.rank}.pt"), workers)
-    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"resume checkpoint {path} does not fit this run: {str(e).splitlines()[0]}") from None
+        if json.loads((path / MANIFEST).read_text())["topology"]["replicas"] == topo.replicas:
+            set_rng_state(load(path / f"rng-rank{topo.layout.rank}.pt"), workers)
+        else:
+            log.info("resumed %s with %d replicas per group (written with another R): generators start afresh", path,
+                     topo.replicas)
+    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError, CheckpointException) as e:
+        raise ConfigError(f"resume checkpoint {path} does not fit this run: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     return int(step)

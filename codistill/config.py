@@ -88,6 +88,14 @@ class TopologyConfig:
     # Run only group g in this job (world = R), as one of G separate jobs sharing distill.exchange_dir;
     # None = this job runs all G groups. Needs distill.exchange=filesystem.
     group_id: Optional[int] = None
+    # ddp: every replica holds the whole model (DistributedDataParallel) | fsdp: each replica holds 1/R of the
+    # student, of its optimizer state and of every teacher copy (FSDP2 fully_shard over the group's replicas)
+    strategy: str = "ddp"
+    # fsdp: import paths of the module classes sharded one by one (each instance all-gathered just in time);
+    # None = the classes that repeat inside an nn.ModuleList / nn.Sequential (transformer blocks, layers)
+    fsdp_blocks: Optional[list[str]] = None
+    # fsdp: free a block's gathered parameters after its forward (less memory) and gather them again for backward
+    reshard_after_forward: bool = True
 
 
 @dataclass
@@ -158,6 +166,7 @@ PARTITIONS = ("shared", "disjoint")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 TOPOLOGY_MODES = ("auto", "simulated", "torchrun")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def register_configs() -> None:
@@ -198,6 +207,20 @@ def validate(cfg: Any, replicas: int) -> None:
     _choice(dist.exchange, EXCHANGES, "distill.exchange")
     _choice(top.mode, TOPOLOGY_MODES, "topology.mode")
     _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
+    _choice(top.strategy, STRATEGIES, "topology.strategy")
+    _check(
+        top.strategy != "fsdp" or dist.exchange == "collective",
+        "topology.strategy=fsdp exchanges shards with distill.exchange=collective only (the filesystem exchange "
+        "writes whole snapshots): use distill.exchange=collective or topology.strategy=ddp",
+    )
+    _check(
+        top.strategy != "fsdp" or not dist.shard_exchange,
+        "topology.strategy=fsdp already exchanges 1/R of every state per replica: drop distill.shard_exchange",
+    )
+    _check(
+        top.strategy != "fsdp" or not cfg.trainer.compile,
+        "topology.strategy=fsdp does not support trainer.compile yet: drop trainer.compile or use topology.strategy=ddp",
+    )
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
     _check(
         cfg.logger.name != "wandb" or installed("wandb"),

@@ -6,7 +6,8 @@ what lets groups communicate rarely (Anil et al. 2018, Alg. 1).
 
 Copies live in a per-process pool: one copy of each group's snapshot, shared by every local student that distils
 from it (each runs the forward on its own batch). In simulated mode that is G copies for G groups, not G x (G - 1);
-under torchrun a rank holds its G - 1 peers. Copies may be stored, exchanged and run in bfloat16.
+under torchrun a rank holds its G - 1 peers. Copies may be stored, exchanged and run in bfloat16. With
+topology.strategy=fsdp each copy is sharded like the student (codistill/sharding.py): a rank holds 1/R of it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ from torch import nn
 
 from codistill.logits import as_logits
 from codistill.precision import teacher_autocast
+from codistill.sharding import local
 
 
 class StateFlattener:
-    """Packs a module's parameters and buffers into one vector (one buffer = one collective) and back."""
+    """Packs a module's parameters and buffers into one vector (one buffer = one collective) and back.
+
+    A sharded module (FSDP2) packs only this rank's shards: the local tensors of its DTensors.
+    """
 
     def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        self.entries = [(name, t.shape, t.numel()) for name, t in module.state_dict().items()]
+        self.entries = [(name, local(t).shape, local(t).numel()) for name, t in module.state_dict().items()]
         self.numel = sum(n for _, _, n in self.entries)
         self.dtype = dtype
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         state = module.state_dict()
-        return torch.cat([state[name].detach().reshape(-1).to(self.dtype) for name, _, _ in self.entries])
+        return torch.cat([local(state[name]).detach().reshape(-1).to(self.dtype) for name, _, _ in self.entries])
 
     @torch.no_grad()
     def load(self, module: nn.Module, flat: torch.Tensor) -> None:
@@ -38,7 +43,7 @@ class StateFlattener:
             raise ValueError(f"snapshot holds {flat.numel()} values, this architecture has {self.numel}")
         state, offset = module.state_dict(), 0
         for name, shape, n in self.entries:
-            state[name].copy_(flat[offset : offset + n].view(shape))
+            local(state[name]).copy_(flat[offset : offset + n].view(shape))
             offset += n
 
 
@@ -46,8 +51,9 @@ class TeacherPool:
     """This process's teacher copies: at most one per group, built on first use, loaded once per snapshot."""
 
     def __init__(self, build: Callable[[int], nn.Module], device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool = False) -> None:
-        self.build, self.device, self.dtype, self.compile = build, device, dtype, compile
+                 compile: bool = False, shard: Optional[Callable[[nn.Module, int], nn.Module]] = None) -> None:
+        """`shard(model, group)`: shards a copy like that group's student (topology.strategy=fsdp)."""
+        self.build, self.device, self.dtype, self.compile, self.shard = build, device, dtype, compile, shard
         self.models: dict[int, nn.Module] = {}
         self.forwards: dict[int, Callable] = {}  # the (compiled) forward of each copy
         self.flattener: dict[int, StateFlattener] = {}
@@ -57,6 +63,8 @@ class TeacherPool:
         if group not in self.models:
             model = self.build(group).to(self.device, self.dtype).eval()
             model.requires_grad_(False)
+            if self.shard is not None:
+                model = self.shard(model, group)
             self.models[group] = model
             self.forwards[group] = torch.compile(model) if self.compile else model
             self.flattener[group] = StateFlattener(model, self.dtype)

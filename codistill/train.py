@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from codistill import checkpoint, cohort
+from codistill import checkpoint, cohort, sharding
 from codistill.components import Components, from_config
 from codistill.data import DataFormatError
 from codistill.checkpoint import StorageError
@@ -88,6 +88,7 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
                 "a process group is already initialised in this process: every run needs a fresh process "
                 "(under torchrun, launch one torchrun per sweep point)"
             )
+        sharding.block_classes(cfg.topology.fsdp_blocks)  # topology.fsdp_blocks import (matched to modules later)
         checkpoint.preflight(cfg, run_dir, layout)  # output dir writable; the resume checkpoint fits this run
         if cfg.distill.exchange == "filesystem":
             filesystem.prepare(cfg, run_dir)  # exchange dir writable and not another run's

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill import checkpoint, cohort, metrics, vectorized
+from codistill import checkpoint, cohort, metrics, sharding, vectorized
 from codistill.algorithm import Schedule
 from codistill.components import Components
 from codistill.config import ConfigError
@@ -35,7 +35,7 @@ from codistill.precision import TEACHER_DTYPES
 from codistill.reporting import format_progress
 from codistill.teachers import TeacherPool
 from codistill.topology import Topology
-from codistill.worker import GroupWorker
+from codistill.worker import GroupWorker, shard_teacher
 
 log = logging.getLogger("codistill")
 
@@ -83,15 +83,25 @@ class Trainer:
         def build(group: int) -> torch.nn.Module:
             return components.models[group]()
 
-        state_sizes = cohort.state_sizes(build, topo.groups)
+        self.sharded = sharding.enabled(cfg, topo)
+        if self.sharded:  # replica r exchanges shard r of every group's state (codistill/sharding.py)
+            with torch.device("meta"):
+                state_sizes = [sharding.local_state_size(build(g), topo.replicas, topo.layout.replica)
+                               for g in range(topo.groups)]
+        else:
+            state_sizes = cohort.state_sizes(build, topo.groups)
         teacher = load_teacher(cfg, topo.device) if kd else None  # loaded once, never exchanged
-        pool = TeacherPool(build, topo.device, TEACHER_DTYPES[d.teacher_dtype], cfg.trainer.compile)
+        pool = TeacherPool(build, topo.device, TEACHER_DTYPES[d.teacher_dtype], cfg.trainer.compile,
+                           shard=(lambda m, g: shard_teacher(m, cfg, topo, g)) if self.sharded else None)
         self.workers = {
             g: GroupWorker(g, cfg, topo, self.data, build, self.schedule, pool, teachers=teacher)
             for g in topo.local_groups
         }
         self.num_classes = self._check_models(teacher)
         log.info("teacher copies in this process: %d", len(pool.models))
+        for g, model in pool.models.items():
+            here, total = sharding.numel(model)
+            log.info("teacher copy of group %d: %d of its %d parameter values on this rank", g, here, total)
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
@@ -168,6 +178,10 @@ class Trainer:
     def _exchange(self, step: int) -> None:
         local = {g: w.flat_state() for g, w in self.workers.items()}
         snapshots = self.exchange.exchange(step, local)
+        if isinstance(self.exchange, CollectiveExchange):
+            sent, received = self.exchange.traffic
+            log.info("exchange at step %d: sent %d bytes to each of %d peer group(s), received %d bytes", step, sent,
+                     self.topo.groups - 1, received)
         if self.schedule.averaging:
             self._average(step, snapshots)
             return
@@ -241,6 +255,11 @@ class Trainer:
             self._eval_batches = self.data.eval_loader(indices, self.cfg.data.eval_batch_size)
         return self._eval_batches
 
+    def _eval_batches_per_replica(self) -> int:
+        """Held-out batches of the replica with the most examples (replica 0's share, rounded up)."""
+        n = min(self.cfg.data.eval_examples or len(self.data.eval_dataset), len(self.data.eval_dataset))
+        return -(-(-(-n // self.topo.replicas)) // self.cfg.data.eval_batch_size)
+
     def _eval_sums(self) -> torch.Tensor:
         """Per-group, ensemble and churn sums on the held-out set; under torchrun replica r scores shard r."""
         for w in self.workers.values():
@@ -248,10 +267,16 @@ class Trainer:
         outputs: dict[int, list[torch.Tensor]] = {g: [] for g in self.workers}
         labels = []
         try:
+            batches = 0
             for x, y in self._eval_loader():
                 labels.append(y)
+                batches += 1
                 for g, w in self.workers.items():
                     outputs[g].append(w.predict_probs(x))
+            if self.sharded:  # a sharded forward is a collective: run as many as the group's busiest replica
+                for _ in range(batches, self._eval_batches_per_replica()):
+                    for w in self.workers.values():
+                        w.predict_probs(x)
         except DataFormatError as e:
             raise ConfigError(str(e)) from None
         local = {g: torch.cat(o) for g, o in outputs.items()}
@@ -271,10 +296,11 @@ class Trainer:
     def _save_final(self, step: int) -> None:
         for g, w in self.workers.items():
             w.sync_buffers()
-            log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint())
+            state = w.full_state()  # sharded: gathered within the group (final.pt stays a whole state_dict)
+            log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint(state))
             if self.topo.is_group_leader(g):
                 path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
-                checkpoint.atomic_save(checkpoint.model_checkpoint(w.model, step, g, self.config_dict), path)
+                checkpoint.atomic_save(checkpoint.model_checkpoint(state, step, g, self.config_dict), path)
                 log.info("group %d: final checkpoint %s", g, path)
         self.topo.barrier()
 

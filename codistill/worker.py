@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
@@ -26,9 +27,24 @@ from codistill.kd import FixedTeacher
 from codistill.logits import as_logits
 from codistill.optim import build_optimizer, build_schedule
 from codistill.rng import ReplicaRNG, derive_seed
-from codistill.precision import Precision
+from codistill.precision import PRECISIONS, Precision
 from codistill.teachers import StateFlattener, TeacherCopies, TeacherPool
 from codistill.topology import Topology
+from codistill import sharding
+
+
+def shard_like_student(model: nn.Module, cfg: Any, topo: Topology, group: int, param_dtype: Optional[torch.dtype] = None
+                       ) -> nn.Module:
+    """fully_shard a group's model (student or teacher copy) over the group's replicas, blocks as configured."""
+    t = cfg.topology
+    return sharding.shard(model, topo.mesh["replica"], sharding.block_classes(t.fsdp_blocks), t.reshard_after_forward,
+                          param_dtype, where=f"group {group}'s model")
+
+
+def shard_teacher(model: nn.Module, cfg: Any, topo: Topology, group: int) -> nn.Module:
+    """A teacher copy sharded like `group`'s student, gathered block by block and freed after each forward."""
+    return sharding.shard(model, topo.mesh["replica"], sharding.block_classes(cfg.topology.fsdp_blocks), True,
+                          where=f"group {group}'s model")
 
 
 def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tensor]]:
@@ -59,9 +75,12 @@ class GroupWorker:
         self.replicas = topo.local_replicas
         torch.manual_seed(derive_seed(cfg.seed, "init", group))  # same init on every replica of the group
         self.model = build_model(group).to(self.device)
+        self.sharded = sharding.enabled(cfg, topo)  # FSDP2: this rank holds 1/R of the model (codistill/sharding.py)
+        if self.sharded:
+            self.model = shard_like_student(self.model, cfg, topo, group, PRECISIONS[cfg.trainer.precision])
         self.flattener = StateFlattener(self.model, pool.dtype if schedule.enabled else torch.float32)  # what moves
         self.has_buffers = any(True for _ in self.model.buffers())
-        use_ddp = not topo.simulated and topo.replicas > 1
+        use_ddp = not topo.simulated and topo.replicas > 1 and not self.sharded
         self.ddp: Optional[DDP] = (
             DDP(self.model, process_group=topo.replica_pg, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if use_ddp
@@ -109,7 +128,8 @@ class GroupWorker:
         clip = self.cfg.optim.grad_clip
         if clip is not None:
             self.precision.unscale(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            clip_grad_norm = sharding.clip_grad_norm_ if self.sharded else torch.nn.utils.clip_grad_norm_
+            norm = clip_grad_norm(self.model.parameters(), clip)
             parts_sum[3] = norm * (len(self.replicas) / self.topo.replicas)
         self.precision.step(self.optimizer)
         self.lr_schedule.step()
@@ -127,7 +147,10 @@ class GroupWorker:
                                 d.aggregate, ignore_index=self.cfg.loss.ignore_index)
 
     def _grad_sync(self, last: bool) -> ContextManager:
-        """DDP all-reduces the gradient on the last micro-batch of a step only."""
+        """DDP all-reduces (FSDP reduce-scatters) the gradient on the last micro-batch of a step only."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
         return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def _batch(self, step: int, replica: int) -> tuple[Any, torch.Tensor]:
@@ -176,18 +199,32 @@ class GroupWorker:
         self.sync_buffers()
         return self.flattener.flatten(self.model)
 
-    def fingerprint(self) -> str:
-        """SHA-256 of the parameters' bytes: equal on every replica of a group, different between groups."""
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's state_dict on the CPU (sharded: gathered within the group; every replica calls it)."""
+        if self.sharded:
+            return sharding.full_state_dict(self.model)
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def fingerprint(self, state: Optional[dict[str, torch.Tensor]] = None) -> str:
+        """SHA-256 of the parameters' bytes: equal on every replica of a group, different between groups.
+
+        `state`: `full_state()`, when the caller already has it (gathering a sharded model is a collective).
+        """
         digest = hashlib.sha256()
-        for p in self.model.parameters():
-            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        params = {name for name, _ in self.model.named_parameters()}
+        for name, t in (state if state is not None else self.full_state()).items():
+            if name in params:
+                digest.update(t.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
     def predict_probs(self, x: Any) -> torch.Tensor:
         """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
         self.model.eval()
-        return torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        probs = torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        if self.sharded:
+            self.model.reshard()  # the root stays gathered after a forward without backward; free it
+        return probs
 
     def staleness(self, step: int) -> int:
         s = self.teachers.staleness(step)
@@ -213,6 +250,37 @@ class GroupWorker:
             "teachers": copies,
             "grad_scaler": self.precision.state_dict(),
         }
+
+    # --- sharded checkpoints (topology.strategy=fsdp): DCP shards + this small record --------------------------------
+    def _teacher_models(self) -> dict[int, nn.Module]:
+        return self.teachers.models if isinstance(self.teachers, TeacherCopies) else {}
+
+    def sharded_record(self) -> dict:
+        """What a sharded checkpoint keeps beside the group's DCP shards (written by replica 0)."""
+        steps = self.teachers.source_step if isinstance(self.teachers, TeacherCopies) else {}
+        return {
+            "group": self.group, "signature": sharding.signature(self.model), "teacher_steps": dict(steps),
+            "lr_schedule": self.lr_schedule.state_dict(), "grad_scaler": self.precision.state_dict(),
+        }
+
+    def save_sharded(self, folder: Path) -> None:
+        """Every replica writes its shards of the student, its optimizer state and its teacher copies."""
+        sharding.save_group(folder, self.model, self.optimizer, self._teacher_models(), self.topo.replica_pg)
+
+    def load_sharded(self, folder: Path, record: dict) -> None:
+        """Load `save_sharded`'s state at this run's R (which may differ from the R that wrote it)."""
+        if record["group"] != self.group:
+            raise ValueError(f"the checkpoint holds group {record['group']}, not group {self.group}")
+        mine = sharding.signature(self.model)
+        if [(n, tuple(s)) for n, s in record["signature"]] != mine:
+            raise ValueError(f"it was written by another model than group {self.group}'s {type(self.model).__name__} "
+                             "(parameter names or shapes differ)")
+        sharding.load_group(folder, self.model, self.optimizer, self._teacher_models(), self.topo.replica_pg)
+        self.lr_schedule.load_state_dict(record["lr_schedule"])
+        self.precision.load_state_dict(record["grad_scaler"])
+        for p, step in record["teacher_steps"].items():
+            self.teachers.source_step[p] = step
+            self.teachers.pool.loaded_step[p] = step
 
     def load_state_dict(self, state: dict) -> None:
         if state["group"] != self.group:

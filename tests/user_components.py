@@ -101,3 +101,40 @@ class Triples(Blobs):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float]:
         x, y = super().__getitem__(i)
         return x, y, 1.0
+
+
+class AttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + self-attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, -1) @ v
+        x = x + self.out(attended.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyTransformer(nn.Module):
+    """A small transformer classifier: each input feature is a token (value projection + position embedding),
+    `layers` attention blocks in an nn.ModuleList, a final LayerNorm, mean pooling and a linear head."""
+
+    def __init__(self, features: int, classes: int, dim: int = 16, layers: int = 2, heads: int = 2) -> None:
+        super().__init__()
+        self.value = nn.Linear(1, dim)
+        self.positions = nn.Embedding(features, dim)
+        self.blocks = nn.ModuleList(AttentionBlock(dim, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.value(x.unsqueeze(-1)) + self.positions(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln(h).mean(1))

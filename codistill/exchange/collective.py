@@ -6,6 +6,9 @@ broadcast is needed: replicas are identical, and every rank ends up with every p
 Sharded (`distill.exchange=collective_sharded`): because the R replicas of a group all need the same peer states,
 replica r fetches only the r-th 1/R shard of each peer's state across groups, and the group then all-gathers the
 shards among its own replicas (the fast, intra-group link). Each rank moves 1/R of the bytes across groups.
+
+Sharded groups (topology.strategy=fsdp): each rank's state is already its 1/R shard of the model (the local tensors
+of its DTensors, with the sizes of replica r's shards), so the first all-gather alone is the whole exchange.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class CollectiveExchange:
         self.shards = 1 if shard_pg is None else dist.get_world_size(shard_pg)
         self.shard_numel = math.ceil(max(sizes) / self.shards)
         self.numel = self.shard_numel * self.shards  # all-gathers need equal sizes: pad to the largest architecture
+        self.traffic = (0, 0)  # bytes this rank sent to each peer group and received from them, last exchange
 
     def cross_group_bytes(self, element_size: int = 4) -> int:
         """Bytes one rank receives from other groups per exchange (all-gather payload, padding included)."""
@@ -44,6 +48,8 @@ class CollectiveExchange:
         piece = padded[r * self.shard_numel : (r + 1) * self.shard_numel]
         gathered = [torch.empty_like(piece) for _ in self.sizes]
         dist.all_gather(gathered, piece, group=self.pg)  # shard r of every group's state
+        sent = piece.numel() * piece.element_size()
+        self.traffic = (sent, sent * (len(self.sizes) - 1))
         full = torch.stack(gathered)  # [G, shard]
         if self.shard_pg is not None:
             shards = [torch.empty_like(full) for _ in range(self.shards)]
