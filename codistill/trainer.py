@@ -31,6 +31,7 @@ from codistill.kd import FixedTeacher, load_teacher
 from codistill.data.pipeline import to_device
 from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
+from codistill.preemption import Preempted, StopFlag
 from codistill.reporting import format_progress
 from codistill.topology import Topology
 from codistill.worker import GroupWorker
@@ -67,8 +68,11 @@ def probe_classes(model: torch.nn.Module, x: Any, y: torch.Tensor, device: torch
 
 
 class Trainer:
-    def __init__(self, cfg: Any, topo: Topology, run_dir: Path, components: Components) -> None:
+    def __init__(self, cfg: Any, topo: Topology, run_dir: Path, components: Components,
+                 stop_flag: Optional[StopFlag] = None) -> None:
         self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
+        self.stop_flag = stop_flag or StopFlag([])
+        self.preempted: Optional[Preempted] = None  # set when fit() stopped early for a signal
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -91,6 +95,8 @@ class Trainer:
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
         self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)
+        # every rank resumes from the same checkpoint (ranks with different views of the disk would diverge)
+        topo.check_agree(str(self.last_checkpoint), "checkpoint to resume from")
         if self.last_checkpoint is not None:
             self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo)
             log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
@@ -155,11 +161,24 @@ class Trainer:
             last = done == tr.max_steps
             evaluate = last or (tr.eval_every > 0 and done % tr.eval_every == 0)
             save = last or (tr.checkpoint_every > 0 and done % tr.checkpoint_every == 0)
+            stop = False
             if last or done % tr.log_every == 0 or evaluate or save:  # a report checks the loss is finite
-                self._report(done, evaluate)
-            if save:
+                stop = self._report(done, evaluate)  # and the stop flags, on the same all-reduce
+            elif self.topo.simulated or done % tr.stop_check_every == 0:
+                stop = self._stop_agreed()
+            if save or (stop and not last):
                 self._checkpoint(done)
+            if stop and not last:  # the filesystem exchange's pending snapshot is written by close()
+                name = self.stop_flag.received.name if self.stop_flag.received else "a signal to another rank"
+                self.preempted = Preempted(done, self.last_checkpoint, name)
+                log.warning("preempted: %s", self.preempted)
+                return
         self._save_final(tr.max_steps)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank has received a preemption signal: a one-element all-reduce (none in simulated mode)."""
+        flag = torch.tensor([float(self.stop_flag.received is not None)], dtype=torch.float64)
+        return bool(self.topo.all_reduce_sum(flag).item() > 0)
 
     def _exchange(self, step: int) -> None:
         local = {g: w.flat_state() for g, w in self.workers.items()}
@@ -183,9 +202,11 @@ class Trainer:
         log.debug("averaged the groups' states at step %d", step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
-    def _report(self, step: int, evaluate: bool) -> None:
+    def _report(self, step: int, evaluate: bool) -> bool:
+        """Log the window's losses (and evaluate); return whether any rank has received a preemption signal."""
         G = self.topo.groups
-        stats = torch.zeros(G, 5, dtype=torch.float64)
+        stats = torch.zeros(G, 6, dtype=torch.float64)  # column 5: stop flags, summed over the ranks
+        stats[0, 5] = float(self.stop_flag.received is not None)
         stats[:, :3] = self._train_sums.double().cpu() / self._window
         for g, w in self.workers.items():
             if self.topo.is_group_leader(g):
@@ -225,6 +246,7 @@ class Trainer:
         if run_record is not None:
             line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
         log.info(line)
+        return bool(stats[0, 5] > 0)
 
     def _eval_loader(self) -> torch.utils.data.DataLoader:
         """The held-out batches this process scores (under torchrun replica r scores every R-th example)."""
