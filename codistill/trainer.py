@@ -286,14 +286,18 @@ class Trainer:
 
     # --- save ---------------------------------------------------------------------------------------------------
     def _save_final(self, step: int) -> None:
+        error, path = None, self.run_dir / "checkpoints"
         for g, w in self.workers.items():
             w.sync_buffers()
             log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint())
             if self.topo.is_group_leader(g):
                 path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
-                checkpoint.atomic_save(checkpoint.model_checkpoint(w.model, step, g, self.config_dict), path)
-                log.info("group %d: final checkpoint %s", g, path)
-        self.topo.barrier()
+                try:
+                    checkpoint.atomic_save(checkpoint.model_checkpoint(w.model, step, g, self.config_dict), path)
+                    log.info("group %d: final checkpoint %s", g, path)
+                except OSError as e:
+                    error = e
+        checkpoint.agree_written(self.topo, path, error)
 
     def _checkpoint(self, step: int) -> None:
         """Save a training checkpoint, unless a group's parameters are no longer finite (keep the last good one)."""
