@@ -64,8 +64,11 @@ def _atomic(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+            # torch.save's zip writer, closing after a failed write, replaces ENOSPC/EIO by "unexpected pos ..."
+            raise e.__context__ from None
         raise
 
 
@@ -193,32 +196,59 @@ def set_rng_state(state: dict, workers: dict[int, Any]) -> None:
             w.rng.states[r] = tuple(s)
 
 
+def agree_written(topo: Any, path: Path, error: Optional[OSError]) -> None:
+    """Every rank learns whether any rank failed to write its part of `path` (an all-reduce where a barrier was):
+    all ranks then stop at the same point with one line, instead of the others waiting out topology.timeout_s."""
+    failed = topo.all_reduce_sum(torch.tensor([float(error is not None)], dtype=torch.float64)).item() > 0
+    if error is not None:
+        raise StorageError(f"could not write {path}: {error.strerror or error}")
+    if failed:
+        raise StorageError(f"could not write {path}: another rank failed to write its part (its log names the cause)")
+
+
 def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, config: dict, keep: int) -> Path:
     """Write this process's part of the step's checkpoint; global rank 0 seals it with the manifest and prunes.
 
-    Every rank must call it (buffers are synchronised inside each group and the ranks meet at a barrier).
+    Every rank must call it (buffers are synchronised inside each group and the ranks meet twice). If any write
+    fails (disk full, I/O error, read-only), no manifest is written, the step's directory is removed, the previous
+    checkpoints stay as they were (pruning happens only after a seal), and every rank raises StorageError.
     """
     folder = checkpoint_dir(run_dir, step)
+    for g, w in workers.items():
+        w.sync_buffers()
+    error: Optional[OSError] = None
     try:
         for g, w in workers.items():
-            w.sync_buffers()
             if w.sharded:
                 w.save_sharded(folder / f"group{g}")
             if topo.is_group_leader(g):
                 state = w.sharded_record() if w.sharded else w.state_dict()
                 atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
         atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
-        topo.barrier()
-        if topo.is_main:
-            files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
-            manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
-                        "strategy": config["topology"]["strategy"]}
-            atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
-            for old in complete_checkpoints(folder.parent)[keep:]:
-                (old / MANIFEST).unlink()  # first: an unsealed directory is never resumed from
-                shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
-        raise StorageError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
+        error = e
+    try:
+        agree_written(topo, folder, error)
+        if topo.is_main:
+            try:
+                files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
+                manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
+                            "strategy": config["topology"]["strategy"]}
+                atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+            except OSError as e:
+                error = e
+        agree_written(topo, folder / MANIFEST, error)
+    except StorageError:
+        if topo.is_main:  # every rank is past its writes: nothing of this step is left to be mistaken for a checkpoint
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if topo.is_main:
+        for old in complete_checkpoints(folder.parent)[keep:]:
+            try:
+                (old / MANIFEST).unlink()  # first: an unsealed directory is never resumed from
+            except OSError as e:
+                log.warning("could not prune checkpoint %s: %s", old, e.strerror or e)
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -126,6 +126,11 @@ class TrainerConfig:
     # syncs on the last only), so the step's gradient is the same, with 1/N of the activation memory.
     grad_accum: int = 1
     compile: bool = False  # torch.compile the students and the teacher copies' forwards
+    # Signals that stop the run after the current step with a full checkpoint and exit code 3 (preemption); [] = none
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Steps between the ranks' checks for a preemption signal (a one-element all-reduce; free at log steps, where
+    # it rides on the report's). A signal stops the run within this many steps.
+    stop_check_every: int = 10
 
 
 @dataclass
@@ -270,6 +275,10 @@ def validate(cfg: Any, replicas: int) -> None:
                "distill.mode=kd needs distill.teacher_checkpoint=<path to a final.pt or a state_dict>")
         _check(Path(dist.teacher_checkpoint).is_file(), f"distill.teacher_checkpoint={dist.teacher_checkpoint} does not exist")
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
+    _check(tr.stop_check_every >= 1, f"trainer.stop_check_every={tr.stop_check_every} must be >= 1")
+    from codistill.preemption import parse_signals  # here: it imports ConfigError from this module
+
+    parse_signals(tr.preempt_signals)
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(
         dist.mode in ("none", "average") or dist.burn_in_steps is None or dist.burn_in_steps < tr.max_steps

@@ -14,7 +14,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Mapping, Optional
@@ -25,6 +27,10 @@ import torch.distributed as dist
 from codistill.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """A start-up wait (process group, mesh, an agreement of the ranks) ran out of topology.timeout_s. One line."""
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
@@ -71,6 +77,51 @@ def native_threads() -> int | str:
 
 def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
     return all(k in env for k in _TORCHRUN_ENV)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def start_store(layout: "Layout", timeout: timedelta) -> Optional[dist.Store]:
+    """A key-value store of this start alone, under a torchelastic agent; None otherwise.
+
+    torchrun's workers share the agent's TCPStore (MASTER_ADDR:MASTER_PORT) and it survives `--max-restarts`
+    restarts: workers of the new round get the same MASTER_PORT and no per-round key prefix. Gloo finds its peers
+    through store keys, so a restarted rank that reaches init_process_group before a peer does reads the address
+    that peer's dead predecessor published, and fails to connect ("Connection refused", or a connect timeout
+    across nodes). TORCHELASTIC_RESTART_COUNT cannot name the round: agents count their own restarts, and a node
+    restarted for another node's failure does not count it. So global rank 0 opens a fresh store of its own and
+    publishes its port and a nonce in the agent's store; the other ranks take that entry only once they can
+    connect to it and read the nonce back, which a dead predecessor's entry never allows.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, world = env["MASTER_ADDR"], layout.world_size
+    agent = dist.TCPStore(host, int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    key = "codistill/store"
+    if layout.rank == 0:
+        own = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        nonce = secrets.token_hex(8)
+        own.set(key, nonce)
+        agent.set(key, f"{own.port} {nonce}")
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StartupError(f"rank 0 did not publish its store within topology.timeout_s={timeout.total_seconds():g}")
+        agent.set_timeout(timedelta(seconds=left))
+        port, nonce = agent.get(key).decode().split()  # waits for rank 0 when no round published one yet
+        try:
+            own = dist.TCPStore(host, int(port), world, is_master=False, timeout=timedelta(seconds=min(left, 2)))
+            if own.get(key).decode() == nonce:
+                own.set_timeout(timeout)
+                return own
+        except (RuntimeError, dist.DistError):  # a dead round's store: rank 0 of this round has not published yet
+            pass
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -165,12 +216,27 @@ class Topology:
         # interpreter finalisation, racing other static destructors ("terminate called without an active
         # exception", SIGABRT). Imported now, the defaults are None and destroy really frees the group.
         import torch.distributed.nn.functional  # noqa: F401
-
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         from torch.distributed.device_mesh import init_device_mesh
 
-        shape = (len(layout.job_groups), layout.replicas)  # (1, R) when this job runs one group of a separate-jobs run
-        mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("group", "replica"))
+        timeout = timedelta(seconds=timeout_s)
+        try:
+            store = start_store(layout, timeout)
+            if store is None:  # not under a torchelastic agent: env:// makes a store of this launch alone
+                dist.init_process_group(backend, timeout=timeout)
+            else:
+                dist.init_process_group(backend, store=store, rank=layout.rank, world_size=layout.world_size,
+                                        timeout=timeout)
+            # init_device_mesh gives its sub-groups torch's default timeout (30 min for gloo) unless told
+            options = (dist.ProcessGroupNCCL.Options() if backend == "nccl" else dist.ProcessGroupGloo._Options())
+            options._timeout = timeout
+            shape = (len(layout.job_groups), layout.replicas)  # (1, R) when this job runs one group of a separate-jobs run
+            mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("group", "replica"),
+                                    backend_override={"group": (backend, options), "replica": (backend, options)})
+        except (RuntimeError, dist.DistError) as e:  # DistStoreError, gloo's connect errors, a timed-out wait
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            raise StartupError(f"the {layout.world_size} ranks did not all start within topology.timeout_s={timeout_s:g} "
+                               f"(rank {layout.rank}: {_first_line(e)}): a rank failed or never arrived") from None
         return cls(layout, dev, mesh, _owns_process_group=True)
 
     # --- what this process runs -------------------------------------------------------------------------------
@@ -233,11 +299,18 @@ class Topology:
         return t
 
     def check_agree(self, value: str, what: str) -> None:
-        """Raise ConfigError on every rank if the ranks disagree on `value` (e.g. the run directory)."""
+        """Raise ConfigError on every rank if the ranks disagree on `value` (e.g. the run directory).
+
+        A rank that never gets here makes the others wait topology.timeout_s, then raise StartupError.
+        """
         if self.mesh is None:
             return
         values: list[Optional[str]] = [None] * self.layout.world_size
-        dist.all_gather_object(values, value)
+        try:
+            dist.all_gather_object(values, value)
+        except (RuntimeError, dist.DistError) as e:
+            raise StartupError(f"the ranks did not agree on the {what} within topology.timeout_s: {_first_line(e)}"
+                               ) from None
         if len(set(values)) > 1:
             raise ConfigError(f"ranks disagree on the {what} ({', '.join(sorted(set(map(str, values))))}): {HINTS.get(what, '')}")
 

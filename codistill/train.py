@@ -33,9 +33,10 @@ from codistill.data import DataFormatError
 from codistill.checkpoint import StorageError
 from codistill.config import ConfigError, installed, register_configs, validate
 from codistill.exchange import filesystem
+from codistill.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
 from codistill.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
-from codistill.topology import Topology, launched_by_torchrun, resolve_layout
+from codistill.topology import StartupError, Topology, launched_by_torchrun, resolve_layout
 from codistill.trainer import NonFiniteLossError, Trainer
 
 
@@ -75,7 +76,8 @@ class RunError(RuntimeError):
 def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = None) -> dict | None:
     """Validate, build the components (from config unless given), start the topology, train, shut down.
 
-    Returns the final evaluation (on global rank 0); raises RunError with one line when the run cannot go on.
+    Returns the final evaluation (on global rank 0); raises RunError with one line when the run cannot go on, and
+    Preempted when a signal of trainer.preempt_signals stopped it early (after a checkpoint every rank agreed on).
     """
     try:
         layout = resolve_layout(cfg.topology)
@@ -95,39 +97,50 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
     except ConfigError as e:
         raise RunError(str(e)) from None
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
-    topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
-    trainer, clean, error = None, False, None
-    try:
-        topo.check_agree(str(run_dir.resolve()), "run directory")
-        trainer = Trainer(cfg, topo, run_dir, components)
-        trainer.fit()
-        clean = True
-        result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
-    except (NonFiniteLossError, ConfigError) as e:
-        clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
-        error = str(e)
-    except StorageError as e:  # one process's disk failed: the other ranks may not be at this point
-        error = str(e)
-    except DataFormatError as e:  # a bad sample met mid-run (in this rank's batch only)
-        error = DataFormatError.line(e)
-    finally:
-        if trainer is not None:
-            trainer.close()
-        del trainer
-        topo.shutdown(clean)
+    with StopFlag(parse_signals(cfg.trainer.preempt_signals)) as stop_flag:
+        try:
+            topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
+        except StartupError as e:
+            raise RunError(str(e)) from None
+        trainer, clean, error = None, False, None
+        try:
+            topo.check_agree(str(run_dir.resolve()), "run directory")
+            trainer = Trainer(cfg, topo, run_dir, components, stop_flag)
+            trainer.fit()
+            clean = True
+            preempted = trainer.preempted
+            result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
+        except (NonFiniteLossError, ConfigError) as e:
+            clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
+            error = str(e)
+        except (StorageError, StartupError) as e:  # one process's disk failed, or a rank is gone: no barrier
+            error = str(e)
+        except DataFormatError as e:  # a bad sample met mid-run (in this rank's batch only)
+            error = DataFormatError.line(e)
+        finally:
+            if trainer is not None:
+                trainer.close()  # flushes the filesystem exchange's pending snapshot
+            del trainer
+            topo.shutdown(clean)
     if error is not None:
         raise RunError(error)
+    if preempted is not None:
+        raise preempted
     if topo.is_main and cfg.logger.plots:
         plot_run_safely(run_dir)  # after shutdown: no other rank waits in a collective while rank 0 draws
     return result
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """`train` for the command line: a RunError is one `codistill: error:` line and exit code 2."""
+    """`train` for the command line: a RunError is one `codistill: error:` line and exit code 2; a preempted run
+    says where its checkpoint is and exits with EXIT_PREEMPTED (3)."""
     try:
         return train(cfg, run_dir)
     except RunError as e:
         fail(str(e))
+    except Preempted as e:
+        print(f"codistill: preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PREEMPTED)
 
 
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config", version_base="1.3")

@@ -32,6 +32,7 @@ from codistill.data.pipeline import to_device
 from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
 from codistill.precision import TEACHER_DTYPES
+from codistill.preemption import Preempted, StopFlag
 from codistill.reporting import format_progress
 from codistill.teachers import TeacherPool
 from codistill.topology import Topology
@@ -69,8 +70,11 @@ def probe_classes(model: torch.nn.Module, x: Any, y: torch.Tensor, device: torch
 
 
 class Trainer:
-    def __init__(self, cfg: Any, topo: Topology, run_dir: Path, components: Components) -> None:
+    def __init__(self, cfg: Any, topo: Topology, run_dir: Path, components: Components,
+                 stop_flag: Optional[StopFlag] = None) -> None:
         self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
+        self.stop_flag = stop_flag or StopFlag([])
+        self.preempted: Optional[Preempted] = None  # set when fit() stopped early for a signal
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -106,6 +110,8 @@ class Trainer:
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
         self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)
+        # every rank resumes from the same checkpoint (ranks with different views of the disk would diverge)
+        topo.check_agree(str(self.last_checkpoint), "checkpoint to resume from")
         if self.last_checkpoint is not None:
             self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo)
             log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
@@ -169,11 +175,24 @@ class Trainer:
             last = done == tr.max_steps
             evaluate = last or (tr.eval_every > 0 and done % tr.eval_every == 0)
             save = last or (tr.checkpoint_every > 0 and done % tr.checkpoint_every == 0)
+            stop = False
             if last or done % tr.log_every == 0 or evaluate or save:  # a report checks the loss is finite
-                self._report(done, evaluate)
-            if save:
+                stop = self._report(done, evaluate)  # and the stop flags, on the same all-reduce
+            elif self.topo.simulated or done % tr.stop_check_every == 0:
+                stop = self._stop_agreed()
+            if save or (stop and not last):
                 self._checkpoint(done)
+            if stop and not last:  # the filesystem exchange's pending snapshot is written by close()
+                name = self.stop_flag.received.name if self.stop_flag.received else "a signal to another rank"
+                self.preempted = Preempted(done, self.last_checkpoint, name)
+                log.warning("preempted: %s", self.preempted)
+                return
         self._save_final(tr.max_steps)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank has received a preemption signal: a one-element all-reduce (none in simulated mode)."""
+        flag = torch.tensor([float(self.stop_flag.received is not None)], dtype=torch.float64)
+        return bool(self.topo.all_reduce_sum(flag).item() > 0)
 
     def _exchange(self, step: int) -> None:
         local = {g: w.flat_state() for g, w in self.workers.items()}
@@ -201,9 +220,11 @@ class Trainer:
         log.debug("averaged the groups' states at step %d", step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
-    def _report(self, step: int, evaluate: bool) -> None:
+    def _report(self, step: int, evaluate: bool) -> bool:
+        """Log the window's losses (and evaluate); return whether any rank has received a preemption signal."""
         G = self.topo.groups
-        stats = torch.zeros(G, 6, dtype=torch.float64)
+        stats = torch.zeros(G, 7, dtype=torch.float64)  # column 6: stop flags, summed over the ranks
+        stats[0, 6] = float(self.stop_flag.received is not None)
         stats[:, :4] = self._train_sums.double().cpu() / self._window
         for g, w in self.workers.items():
             if self.topo.is_group_leader(g):
@@ -244,6 +265,7 @@ class Trainer:
         if run_record is not None:
             line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
         log.info(line)
+        return bool(stats[0, 6] > 0)
 
     def _eval_loader(self) -> torch.utils.data.DataLoader:
         """The held-out batches this process scores (under torchrun replica r scores every R-th example)."""
@@ -294,15 +316,19 @@ class Trainer:
 
     # --- save ---------------------------------------------------------------------------------------------------
     def _save_final(self, step: int) -> None:
+        error, path = None, self.run_dir / "checkpoints"
         for g, w in self.workers.items():
             w.sync_buffers()
             state = w.full_state()  # sharded: gathered within the group (final.pt stays a whole state_dict)
             log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint(state))
             if self.topo.is_group_leader(g):
                 path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
-                checkpoint.atomic_save(checkpoint.model_checkpoint(state, step, g, self.config_dict), path)
-                log.info("group %d: final checkpoint %s", g, path)
-        self.topo.barrier()
+                try:
+                    checkpoint.atomic_save(checkpoint.model_checkpoint(state, step, g, self.config_dict), path)
+                    log.info("group %d: final checkpoint %s", g, path)
+                except OSError as e:
+                    error = e
+        checkpoint.agree_written(self.topo, path, error)
 
     def _checkpoint(self, step: int) -> None:
         """Save a training checkpoint, unless a group's parameters are no longer finite (keep the last good one)."""

@@ -7,24 +7,28 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 
-from tests.helpers import FAST, REPO, clean_env, load_final, max_abs_diff, run_torchrun
+from codistill import checkpoint
+from codistill.preemption import EXIT_PREEMPTED
+from codistill.topology import resolve_layout
+from tests.helpers import FAST, REPO, clean_env, load_final, make_config, max_abs_diff, run_torchrun
 
 pytestmark = pytest.mark.torchrun
 
 
-def launch(nproc: int, args: list[str], log: Path) -> subprocess.Popen:
+def launch(nproc: int, args: list[str], log: Path, torchrun_args: Sequence[str] = ()) -> subprocess.Popen:
     """A torchrun job in its own session (so the whole job can be signalled), output to `log`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *torchrun_args,
            "-m", "codistill.train", *FAST, "topology.timeout_s=20", "logger.plots=false", *args]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=REPO,
@@ -155,3 +159,135 @@ def test_a_dead_rank_ends_a_collective_job(tmp_path: Path) -> None:
     out = (tmp_path / "job.log").read_text()
     assert job.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in out and "Signal 9 (SIGKILL)" in out, out[-3000:]  # torchrun names it
+
+
+# --- preemption, elastic restarts, start-up bounds, full disks (issue #12) -------------------------------------------
+# 2 groups x 1 replica, long enough (a few seconds) to be interrupted mid-run. log_every=50 with the default
+# stop_check_every=10: most stop checks are the one-element all-reduce, some ride on a report.
+LONG = ["topology.groups=2", "distill.burn_in_steps=5", "distill.exchange_every=6", "model.dropout=0.1",
+        "trainer.max_steps=1200", "trainer.log_every=50", "trainer.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: one torchrun job straight through, no periodic checkpoints."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = run_torchrun(2, [*LONG, f"hydra.run.dir={run_dir}", "logger.plots=false"], timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def same_final(run_dir: Path, reference: Path) -> None:
+    for g in (0, 1):
+        assert max_abs_diff(load_final(run_dir, g), load_final(reference, g)) == 0.0, g
+
+
+def resumed_from(run_dir: Path) -> int:
+    text = (run_dir / "logs" / "rank1.log").read_text()
+    return int(text.split("resumed from checkpoint")[1].split(" at step ")[1].split()[0])
+
+
+def test_sigterm_to_the_agent_checkpoints_and_the_same_command_resumes_bit_for_bit(
+        tmp_path: Path, uninterrupted: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}"]
+    job = launch(2, args, tmp_path / "job.log")
+    try:
+        wait_for(lambda: last_step(run_dir) >= 300, 120, "training to get going", [job])
+        os.kill(job.pid, signal.SIGTERM)  # the agent only; torchrun forwards it to its workers
+        job.wait(timeout=60)
+    finally:
+        kill_job(job)
+    out = (tmp_path / "job.log").read_text()
+    assert out.count("codistill: preempted: stopped by SIGTERM after step") == 2, out[-3000:]  # one line per rank
+    (saved,) = checkpoint.complete_checkpoints(run_dir / "checkpoints")
+    stopped_at = int(saved.name.removeprefix("step"))
+    assert 300 <= stopped_at < 1200
+    job = launch(2, args, tmp_path / "job.log")  # the same command again
+    assert job.wait(timeout=180) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    assert resumed_from(run_dir) == stopped_at
+    same_final(run_dir, uninterrupted)
+
+
+def test_a_killed_worker_under_max_restarts_resumes_and_finishes(tmp_path: Path, uninterrupted: Path) -> None:
+    run_dir = tmp_path / "run"
+    job = launch(2, [*LONG, f"hydra.run.dir={run_dir}", "trainer.checkpoint_every=250"], tmp_path / "job.log",
+                 torchrun_args=["--max-restarts=1"])
+    try:
+        wait_for(lambda: last_step(run_dir) >= 600, 120, "step 600", [job])
+        (rank1,) = [p for p in workers_of(job) if rank_of(p) == "1"]
+        os.kill(rank1, signal.SIGKILL)
+        assert job.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    finally:
+        kill_job(job)
+    assert resumed_from(run_dir) >= 500
+    same_final(run_dir, uninterrupted)
+
+
+def test_sigterm_stops_a_simulated_run_with_a_checkpoint_and_exit_code_3(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "codistill.train", *FAST, "logger.plots=false", "trainer.max_steps=1000000",
+           f"hydra.run.dir={run_dir}"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
+    try:
+        wait_for(lambda: last_step(run_dir) >= 20, 60, "training to get going", [job])
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == EXIT_PREEMPTED, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("codistill:")]
+    assert line.startswith("codistill: preempted: stopped by SIGTERM after step"), line
+    assert checkpoint.complete_checkpoints(run_dir / "checkpoints")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_peer_that_never_arrives_fails_within_the_timeout(tmp_path: Path, rank: int) -> None:
+    """One worker of a 2-rank world, started as a torchrun agent starts it (agent store, elastic environment); the
+    other never comes. Rank 0 waits in init_process_group, rank 1 for rank 0's store: both give up after
+    topology.timeout_s with one line."""
+    from torch.distributed import TCPStore
+
+    agent_store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    env = {**clean_env(), "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(agent_store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "TORCHELASTIC_RUN_ID": "never-arrives", "TORCHELASTIC_RESTART_COUNT": "0"}
+    timeout_s = 5
+    cmd = [sys.executable, "-m", "codistill.train", *FAST, "topology.groups=2", f"topology.timeout_s={timeout_s}",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    started = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [x for x in done.stderr.splitlines() if x.startswith("codistill: error:")]
+    assert len(errors) == 1 and "within topology.timeout_s=5" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert elapsed < timeout_s + 20, elapsed  # start-up of the interpreter and Hydra included
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
+    """A real full disk: the run's checkpoints directory is a 140 KiB tmpfs (in a user and mount namespace), which
+    holds one checkpoint of this run (~94 KB) but not two. Both ranks stop at once with one line each."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to mount a tmpfs")
+    run_dir, kept = tmp_path / "run", tmp_path / "kept"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    train = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+             "codistill.train", *FAST, "topology.timeout_s=20", "logger.plots=false", *LONG[:-3],
+             "trainer.max_steps=60", "trainer.checkpoint_every=20", f"hydra.run.dir={run_dir}"]
+    script = (f"mount -t tmpfs -o size=140k tmpfs {run_dir}/checkpoints && {shlex.join(train)}; rc=$?; "
+              f"cp -a {run_dir}/checkpoints {kept}; exit $rc")  # the tmpfs goes with the namespace: keep a copy
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=clean_env(), cwd=REPO)
+    assert done.returncode != 0
+    failed = run_dir / "checkpoints" / "step000000040"
+    errors = [x for x in done.stderr.splitlines() if x.startswith("codistill: error:")]
+    assert len(errors) == 2 and all(x.startswith(f"codistill: error: could not write {failed}") for x in errors), errors
+    assert any(x.endswith("No space left on device") for x in errors), errors
+    assert [p.name for p in kept.iterdir()] == ["step000000020"]  # no partial step 40 directory, no temp file
+    assert not list(kept.rglob("*.tmp"))
+    layout = resolve_layout(make_config(["topology.groups=2"]).topology, {"RANK": "1", "WORLD_SIZE": "2",
+                                                                          "LOCAL_RANK": "1"})
+    shutil.copytree(kept, tmp_path / "copy" / "checkpoints")
+    assert checkpoint.preflight(make_config(["topology.groups=2"]), tmp_path / "copy", layout) == (
+        tmp_path / "copy" / "checkpoints" / "step000000020")  # complete, checksums match: a resume would load it

@@ -103,6 +103,9 @@ CASES = {
     "exchange_dir_unwritable": (unwritable_exchange, "is not usable"),
     "output_dir_unwritable": (unwritable_output, "output directory (hydra.run.dir)="),
     "exchange_dir_of_another_run": (shared_exchange, "belongs to run 'another-run-0123456789ab'"),
+    "preempt_signal_unknown": (["trainer.preempt_signals=[SIGTERM,SIGFOO]"], "trainer.preempt_signals: 'SIGFOO'"),
+    "preempt_signal_uncatchable": (["trainer.preempt_signals=[SIGKILL]"], "not a signal a process can catch"),
+    "stop_check_every_0": (["trainer.stop_check_every=0"], "trainer.stop_check_every=0 must be >= 1"),
     "nan_loss": (["optim.lr=1e6", "trainer.checkpoint_every=1", "trainer.log_every=1"], "is not finite"),
 }
 

@@ -62,3 +62,31 @@ def test_checkpoints_are_atomic_weights_only_and_pruned(tmp_path: Path) -> None:
         torch.load(f, weights_only=True)  # tensors and plain containers only
     assert checkpoint.find_resume("never", tmp_path) is None
     assert checkpoint.find_resume(str(tmp_path), tmp_path) == kept[0]  # a run dir: its newest checkpoint
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while step 20's checkpoint is written (ENOSPC at fsync, after the bytes went out): the run
+    stops with one line naming the path and the cause, no partial file is left, and step 10's checkpoint resumes."""
+    import errno
+    import os
+
+    trainer = make_trainer([*SCHEDULE, "trainer.max_steps=30"], tmp_path)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent.name == "step000000020":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    with pytest.raises(checkpoint.StorageError) as failed:
+        trainer.fit()
+    trainer.close()
+    monkeypatch.undo()
+    message = str(failed.value)
+    assert message == f"could not write {tmp_path / 'checkpoints' / 'step000000020'}: No space left on device"
+    assert not (tmp_path / "checkpoints" / "step000000020").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert checkpoint.find_resume("auto", tmp_path) == tmp_path / "checkpoints" / "step000000010"
+    resumed = train(tmp_path, 30, SCHEDULE)  # the previous checkpoint loads and the run goes on
+    assert resumed.start_step == 10
