@@ -214,11 +214,6 @@ def validate(cfg: Any, replicas: int) -> None:
     _choice(top.device, ("auto", "cpu", "cuda"), "topology.device")
     _choice(top.strategy, STRATEGIES, "topology.strategy")
     _check(
-        top.strategy != "fsdp" or dist.exchange == "collective",
-        "topology.strategy=fsdp exchanges shards with distill.exchange=collective only (the filesystem exchange "
-        "writes whole snapshots): use distill.exchange=collective or topology.strategy=ddp",
-    )
-    _check(
         top.strategy != "fsdp" or not dist.shard_exchange,
         "topology.strategy=fsdp already exchanges 1/R of every state per replica: drop distill.shard_exchange",
     )

@@ -201,6 +201,10 @@ class Trainer:
             sent, received = self.exchange.traffic
             log.info("exchange at step %d: sent %d bytes to each of %d peer group(s), received %d bytes", step, sent,
                      self.topo.groups - 1, received)
+        elif isinstance(self.exchange, FilesystemExchange):
+            written, read = self.exchange.traffic
+            log.info("exchange at step %d: wrote %d snapshot bytes to the exchange directory, read %d", step, written,
+                     read)
         if self.schedule.averaging:
             self._average(step, snapshots)
             return

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import USER, load_final, max_abs_diff, run_cli, run_torchrun
+from tests.helpers import REPO, USER, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
 
 MODEL = [*USER, "model=tiny_transformer", "logger.plots=false"]
 # burn-in, then exchanges before steps 5, 10, 15, 20; 2 micro-batches per replica and global-norm clipping
@@ -125,3 +127,40 @@ def test_fsdp_bad_blocks_fail_on_every_rank(tmp_path: Path, blocks: str, message
     assert job.returncode != 0
     lines = [line for line in job.stderr.splitlines() if line.startswith("codistill: error:")]
     assert len(lines) == 2 and all(message in line for line in lines), job.stderr[-2000:]
+
+
+@pytest.mark.torchrun
+def test_fsdp_filesystem_exchange_equals_simulated(tmp_path: Path) -> None:
+    """Every replica publishes its shard, reads shard r of its peer's version: the simulated run's numbers."""
+    fsdp, sim = tmp_path / "fsdp", tmp_path / "simulated"
+    fs = [*SCHEDULE, "trainer.max_steps=12", FSDP, "distill.exchange=filesystem"]
+    job = run_torchrun(4, [*fs, f"hydra.run.dir={fsdp}"], base=MODEL)
+    assert job.returncode == 0, job.stderr[-3000:]
+    job = run_cli([*fs, "topology.replicas=2", f"hydra.run.dir={sim}"], base=MODEL)
+    assert job.returncode == 0, job.stderr[-3000:]
+    for g in (0, 1):
+        assert max_abs_diff(load_final(fsdp, g), load_final(sim, g)) < 1e-5
+    shards = sorted(p.name for p in (fsdp / "exchange" / "group1").glob("*.pt"))
+    assert shards == sorted(f"step{s:09d}.shard{r}of2.pt" for s in (5, 10) for r in (0, 1))
+    for text in rank_logs(fsdp):  # 2 exchanges; each rank wrote and read one shard (half of the state) each time
+        here, total = map(int, re.search(r"teacher copy of group \d: (\d+) of its (\d+) parameter values", text).groups())
+        moved = re.findall(r"exchange at step \d+: wrote (\d+) snapshot bytes to the exchange directory, read (\d+)", text)
+        assert len(moved) == 2 and {(int(w), int(r)) for w, r in moved} == {(here * 4, here * 4)}
+
+
+@pytest.mark.torchrun
+def test_fsdp_filesystem_torn_shard_and_other_r_rejected(tmp_path: Path) -> None:
+    """A torn shard of one replica keeps the whole reader group's previous copy; a version written with R = 3 is
+    rejected; both with a logged reason (tests/integration/fsdp_filesystem_probe.py)."""
+    args = [*MODEL, "topology.groups=2", FSDP, "distill.exchange=filesystem", "topology.timeout_s=30"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+           "-m", "tests.integration.fsdp_filesystem_probe", str(tmp_path), *args]
+    job = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=clean_env(), cwd=REPO)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stderr.count(": ok") == 4, job.stderr[-3000:]
+    torn = re.findall(r"rejected snapshot \S+/group1/step000000006.shard1of2 of group 1: checksum mismatch", job.stderr)
+    assert len(torn) == 1, job.stderr[-3000:]  # on replica 1 of group 0; replica 0 says another replica's shard was bad
+    assert "group 1 has a bad shard on another replica; the group keeps its previous copy" in job.stderr
+    other = re.findall(r"rejected snapshot \S+step000000009 of group \d: written with R=3 shards, this run reads R=2",
+                       job.stderr)
+    assert len(other) == 2, job.stderr[-3000:]  # replica 0 of each group, once

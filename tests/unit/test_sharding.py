@@ -13,7 +13,6 @@ from tests.user_components import AttentionBlock, DictNet, TinyTransformer
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["distill.exchange=filesystem"], "topology.strategy=fsdp exchanges shards with distill.exchange=collective only"),
     (["distill.shard_exchange=true"], "drop distill.shard_exchange"),
     (["trainer.compile=true"], "does not support trainer.compile"),
 ])
