@@ -1,4 +1,4 @@
-"""Simulated mode: every group lives in this process, so an exchange is a copy."""
+"""Simulated mode: every group lives in this process, so an exchange hands the flattened states over."""
 
 from __future__ import annotations
 
@@ -9,4 +9,6 @@ from codistill.exchange.base import Snapshot
 
 class LocalExchange:
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
-        return {g: Snapshot(g, step, flat.clone()) for g, flat in local.items()}
+        """The states as they are: flat_state() already made them new tensors, and a second copy of every group's
+        state would set the run's peak memory (2 x G states at once)."""
+        return {g: Snapshot(g, step, flat) for g, flat in local.items()}
