@@ -29,14 +29,14 @@ image dataset (a random affine, flip and noise per sample in __getitem__), with 
 call there runs --data-burst consecutive steps, more than the loader prefetches (num_workers x prefetch_factor), so
 the wait is that of back-to-back training, not of a loader that refilled while the other variants ran.
 
---hardware (simulated mode; issue #15) adds, with the CPU's capability (torch.backends.cpu.get_cpu_capability())
+--hardware (simulated mode) adds, with the CPU's capability (torch.backends.cpu.get_cpu_capability())
 and its bf16 units from /proc/cpuinfo:
 
     matmul chain      512x784 @ 784x2048 @ 2048x2048 in fp32 and bf16: the hardware's bf16 speed-up
     precision rows    per --hw-hidden MLP (784-2048-2048-10 and 784-512-512-10, batch 512, G = 2): one group's
                       plain and codistill steps in fp32 and under trainer.precision=bf16 (with float32 and with
                       bfloat16 teacher copies), the teacher forwards, and the same steps written by hand (HandStep:
-                      no loader or bookkeeping): the reference the issue's targets were set with.
+                      no loader or bookkeeping): the reference the targets were set with.
                       target: t(codistill, bf16, bf16 copies) / t(plain, fp32) <= 0.45 (2048) and 0.6 (512)
     compile rows      the codistill step eager vs trainer.compile=true in fp32 and bf16: compile time (cold inductor
                       cache), steady-state speed-up, and recompiles after an exchange (target: 0)
@@ -364,11 +364,11 @@ def vectorized_benchmark(a: argparse.Namespace, tmp: Path) -> dict:
     }
 
 
-# --- the hardware rows (issue #15): bf16 and fp32 steps, torch.compile, the vectorised mode in bf16 -----------------
+# --- the hardware rows: bf16 and fp32 steps, torch.compile, the vectorised mode in bf16 -----------------
 
 MATMUL_CHAIN = (512, 784, 2048, 2048)  # x [512, 784] @ [784, 2048] @ [2048, 2048]: the first two layers of the MLP
 BF16_UNITS = ("avx512_bf16", "amx_bf16")  # x86 flags of CPUs that compute bf16 dot products natively
-# the issue's targets: t(codistill step, bf16 autocast, bf16 teacher copies) / t(plain fp32 step), per hidden widths
+# the targets: t(codistill step, bf16 autocast, bf16 teacher copies) / t(plain fp32 step), per hidden widths
 BF16_TARGETS = {"2048,2048": 0.45, "512,512": 0.6}
 
 
@@ -407,7 +407,7 @@ def matmul_chain(repeats: int, warmup: int) -> dict:
 
 
 class HandStep:
-    """The step written by hand, as the issue's reference loop: a copy of the engine's student (and of a teacher
+    """The step written by hand, as the reference loop: a copy of the engine's student (and of a teacher
     copy, in its stored dtype), the engine's optimizer, autocast around the forwards, the float32 loss of
     Algorithm 1 (CE + KL at T = 1), on one in-memory batch: no data loader, schedule or bookkeeping."""
 
@@ -686,7 +686,7 @@ def hardware_markdown(hw: dict, threads: int) -> list[str]:
     return lines
 
 
-# --- memory (issue #15, item 6): what a process holds per G, expected and measured ------------------------------
+# --- memory : what a process holds per G, expected and measured ------------------------------
 
 MB = 1e6
 

@@ -1,4 +1,4 @@
-"""Per-rank peak memory of DDP and FSDP2 groups, measured next to the bytes expected (issue: FSDP2 inside groups).
+"""Per-rank peak memory of DDP and FSDP2 groups, measured next to the bytes expected (docs/fsdp.md).
 
     python scripts/bench_fsdp_memory.py                  # G = 2, R = 1, 2, 4; ~50 M-parameter char transformer
     python scripts/bench_fsdp_memory.py --replicas 1,2 --dim 512 --layers 2    # smaller and faster
