@@ -25,10 +25,9 @@ from codistill import checkpoint, cohort, metrics, sharding, vectorized
 from codistill.algorithm import Schedule
 from codistill.components import Components
 from codistill.config import ConfigError
-from codistill.data.pipeline import DataFormatError, Labels
+from codistill.data.pipeline import DataFormatError, Labels, to_device
 from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
 from codistill.kd import FixedTeacher, load_teacher
-from codistill.data.pipeline import to_device
 from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
 from codistill.precision import TEACHER_DTYPES
@@ -271,11 +270,15 @@ class Trainer:
         log.info(line)
         return bool(stats[0, 6] > 0)
 
+    def _eval_examples(self) -> int:
+        """Held-out examples scored: data.eval_examples (0 = all), at most the held-out set."""
+        size = len(self.data.eval_dataset)
+        return min(self.cfg.data.eval_examples or size, size)
+
     def _eval_loader(self) -> torch.utils.data.DataLoader:
         """The held-out batches this process scores (under torchrun replica r scores every R-th example)."""
         if self._eval_batches is None:
-            n = min(self.cfg.data.eval_examples or len(self.data.eval_dataset), len(self.data.eval_dataset))
-            indices = list(range(n))
+            indices = list(range(self._eval_examples()))
             if not self.topo.simulated:
                 indices = indices[self.topo.layout.replica :: self.topo.replicas]
             self._eval_batches = self.data.eval_loader(indices, self.cfg.data.eval_batch_size)
@@ -283,7 +286,7 @@ class Trainer:
 
     def _eval_batches_per_replica(self) -> int:
         """Held-out batches of the replica with the most examples (replica 0's share, rounded up)."""
-        n = min(self.cfg.data.eval_examples or len(self.data.eval_dataset), len(self.data.eval_dataset))
+        n = self._eval_examples()
         return -(-(-(-n // self.topo.replicas)) // self.cfg.data.eval_batch_size)
 
     def _eval_sums(self) -> torch.Tensor:

@@ -33,18 +33,18 @@ from codistill.topology import Topology
 from codistill import sharding
 
 
-def shard_like_student(model: nn.Module, cfg: Any, topo: Topology, group: int, param_dtype: Optional[torch.dtype] = None
-                       ) -> nn.Module:
+def shard_like_student(model: nn.Module, cfg: Any, topo: Topology, group: int, param_dtype: Optional[torch.dtype] = None,
+                       reshard_after_forward: Optional[bool] = None) -> nn.Module:
     """fully_shard a group's model (student or teacher copy) over the group's replicas, blocks as configured."""
     t = cfg.topology
-    return sharding.shard(model, topo.mesh["replica"], sharding.block_classes(t.fsdp_blocks), t.reshard_after_forward,
-                          param_dtype, where=f"group {group}'s model")
+    reshard = t.reshard_after_forward if reshard_after_forward is None else reshard_after_forward
+    return sharding.shard(model, topo.mesh["replica"], sharding.block_classes(t.fsdp_blocks), reshard, param_dtype,
+                          where=f"group {group}'s model")
 
 
 def shard_teacher(model: nn.Module, cfg: Any, topo: Topology, group: int) -> nn.Module:
     """A teacher copy sharded like `group`'s student, gathered block by block and freed after each forward."""
-    return sharding.shard(model, topo.mesh["replica"], sharding.block_classes(cfg.topology.fsdp_blocks), True,
-                          where=f"group {group}'s model")
+    return shard_like_student(model, cfg, topo, group, reshard_after_forward=True)
 
 
 def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tensor]]:
