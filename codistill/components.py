@@ -13,7 +13,7 @@ from torch import nn
 
 from codistill import cohort, instantiate
 from codistill.config import ConfigError
-from codistill.data.pipeline import DataFormatError, LoaderOptions, TrainingData
+from codistill.data.pipeline import DataFormatError, LoaderOptions, TrainingData, TrainSetOptions
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -28,10 +28,17 @@ def loader_options(d: Any) -> LoaderOptions:
     return LoaderOptions(d.num_workers, d.pin_memory, d.prefetch_factor)
 
 
+def train_set_options(d: Any) -> TrainSetOptions:
+    return TrainSetOptions(d.train_examples, d.label_noise, tuple(d.exclude_classes), d.validation_examples, d.jitter)
+
+
 def training_data(train: Any, eval_data: Any, collate: Any, seed: int, d: Any) -> TrainingData:
-    """The pipeline over built datasets, checked (sizes, one sample of each); errors are one ConfigError line."""
+    """The pipeline over built datasets, checked (sizes, one sample of each); errors are one ConfigError line.
+
+    With data.eval_split=validation the run evaluates on the validation examples instead of `eval_data`."""
     try:
-        return TrainingData.create(train, eval_data, collate, seed, d.train_examples, d.label_noise, loader_options(d))
+        held_out = None if d.eval_split == "validation" else eval_data
+        return TrainingData.create(train, held_out, collate, seed, train_set_options(d), loader_options(d))
     except DataFormatError as e:
         raise ConfigError(str(e)) from None
 
@@ -39,7 +46,7 @@ def training_data(train: Any, eval_data: Any, collate: Any, seed: int, d: Any) -
 def data_from_config(d: Any, seed: int) -> TrainingData:
     """The `data` section's datasets and collate function, built by import path."""
     train = instantiate.build(d.train, "data.train")
-    eval_data = instantiate.build(d.eval, "data.eval")
+    eval_data = instantiate.build(d.eval, "data.eval") if d.eval_split == "test" else None
     collate = instantiate.optional_build(d.collate_fn, "data.collate_fn")
     return training_data(train, eval_data, collate, seed, d)
 

@@ -36,6 +36,14 @@ class DataConfig:
     partition: str = "shared"  # shared: every group sees all data in its own order; disjoint: 1/G shard per group
     train_examples: int = 0  # > 0: a seeded subset of the training set of this many examples, the same for every group
     label_noise: float = 0.0  # p: seeded symmetric noise on training labels (same for every group), in [0, 1)
+    # classes left out of the training set (by true label; the held-out set keeps them), e.g. [3]: a transfer set
+    # without 3s (Hinton et al. 2015, section 3)
+    exclude_classes: list[int] = field(default_factory=list)
+    # > 0: this many training examples (a fixed draw, the same for every seed) kept out of training, to tune on;
+    # read through data.train as it is (a dataset that augments in __getitem__ augments them too)
+    validation_examples: int = 0
+    eval_split: str = "test"  # test: evaluate on data.eval | validation: on the validation examples (for tuning)
+    jitter: int = 0  # training images shifted by up to N pixels in each direction, drawn per batch (0 = none)
     num_workers: int = 0  # DataLoader worker processes per replica (0 = fetch in the training process)
     pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies (CUDA)
     prefetch_factor: int = 2  # batches each worker loads ahead (num_workers > 0)
@@ -312,5 +320,13 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1")
     _check(d.train_examples >= 0, f"data.train_examples={d.train_examples} must be >= 0 (0 = the whole training set)")
     _check(0 <= d.label_noise < 1, f"data.label_noise={d.label_noise} must be in [0, 1)")
+    _check(d.jitter >= 0, f"data.jitter={d.jitter} must be >= 0 (pixels)")
+    _check(d.validation_examples >= 0, f"data.validation_examples={d.validation_examples} must be >= 0")
+    _choice(d.eval_split, ("test", "validation"), "data.eval_split")
+    _check(d.eval_split == "test" or d.validation_examples > 0,
+           "data.eval_split=validation needs data.validation_examples > 0 (how many training examples to keep out)")
+    for c in d.exclude_classes:
+        _check(c >= 0 and (d.num_classes is None or c < d.num_classes),
+               f"data.exclude_classes has class {c}: class ids are in [0, {d.num_classes or 'C'})")
     _check(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
     _check(d.prefetch_factor >= 1, f"data.prefetch_factor={d.prefetch_factor} must be >= 1")

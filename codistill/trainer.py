@@ -188,6 +188,14 @@ class Trainer:
                 return
         self._save_final(tr.max_steps)
 
+    def _loss_parts(self, window: torch.Tensor, step: int) -> str:
+        """What to lower after a non-finite loss: the learning rate, and alpha when the distillation term was on."""
+        if not self.schedule.distilling(step - 1):
+            return ": lower optim.lr"
+        return (f" (label loss {window[1].item():.4g}, distillation term {window[2].item():.4g}): lower optim.lr or "
+                f"distill.alpha (at a high distill.temperature the term regresses the teacher's logits and its "
+                f"curvature can outgrow the learning rate)")
+
     def _stop_agreed(self) -> bool:
         """Whether any rank has received a preemption signal: a one-element all-reduce (none in simulated mode)."""
         flag = torch.tensor([float(self.stop_flag.received is not None)], dtype=torch.float64)
@@ -247,9 +255,8 @@ class Trainer:
         ]
         bad = [g for g in self.topo.job_groups if not torch.isfinite(stats[g, 0])]
         if bad:
-            raise NonFiniteLossError(
-                f"training loss of group(s) {bad} is not finite at step {step}: lower optim.lr; {self._kept()}"
-            )
+            raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}"
+                                     f"{self._loss_parts(stats[bad[0]], step)}; {self._kept()}")
         run_record = None
         if evaluate:
             per_group, run_record = metrics.summarise(self._eval_sums())

@@ -48,6 +48,27 @@ class TensorDataset(Dataset):
         return Batch((self.prepare(self.inputs[idx]), self.targets[idx]))
 
 
+class IndexedDataset(Dataset):
+    """The examples `indices` of `dataset` (a validation split carved from a training set), batched fetch kept."""
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor) -> None:
+        self.dataset, self.indices = dataset, indices
+        targets = getattr(dataset, "targets", None)
+        if targets is not None:
+            self.targets = torch.as_tensor(targets)[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> object:
+        return self.dataset[int(self.indices[i])]
+
+    def __getitems__(self, indices: Sequence[int]) -> object:
+        chosen = self.indices[torch.as_tensor(indices, dtype=torch.long)].tolist()
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(chosen) if getitems is not None else [self.dataset[i] for i in chosen]
+
+
 @dataclass(frozen=True)
 class Splits:
     """Both splits of a built-in dataset, as loaded from its files."""

@@ -8,9 +8,11 @@ seeded per batch from (seed, group, replica, step) — in the main process or wh
 so augmented batches are the same with any `num_workers`, in simulated mode and under torchrun, and after a resume.
 The process's own generators (dropout) are saved and restored around the fetch.
 
-Two dataset-independent options act on the training set only, the same way for every group: `train_examples` (a
-seeded subset) and `label_noise` (seeded symmetric noise: each label is replaced, with probability p, by one of
-the other C - 1 classes, drawn uniformly).
+Dataset-independent options act on the training set only, the same way for every group (`TrainSetOptions`):
+`validation_examples` (a fixed set of examples kept out of training, to tune on without touching the test set),
+`exclude_classes` (a transfer set without some classes), `train_examples` (a seeded subset of what remains),
+`label_noise` (seeded symmetric noise: each label is replaced, with probability p, by one of the other C - 1
+classes, drawn uniformly) and `jitter` (images shifted by up to N pixels, drawn per batch like any augmentation).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from codistill.data.base import Batch
+from codistill.data.base import Batch, IndexedDataset
 from codistill.data.streams import GroupStream
 from codistill.rng import derive_seed
 
@@ -122,6 +124,75 @@ class LabelNoise:
         return torch.where(flip, (y + shift) % num_classes, y)
 
 
+def jitter(x: Any, pixels: int) -> torch.Tensor:
+    """Each image of the batch shifted by its own (dy, dx) in [-pixels, pixels]^2, edge pixels replicated.
+
+    Hinton et al. (2015) trained their MNIST teacher on inputs "jittered by up to two pixels in any direction".
+    Replicating the edge (not padding with zeros) keeps a standardised background at its own value.
+    """
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 3):
+        raise DataFormatError(f"data.jitter shifts images: inputs must be a float tensor [B, ..., H, W]; a batch's inputs "
+                              f"are {_describe(x)}")
+    B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    dy, dx = torch.randint(-pixels, pixels + 1, (2, B))
+    rows = (torch.arange(H) + dy[:, None]).clamp_(0, H - 1)
+    cols = (torch.arange(W) + dx[:, None]).clamp_(0, W - 1)
+    shifted = x.reshape(B, -1, H, W)[torch.arange(B)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return shifted.permute(0, 3, 1, 2).reshape(x.shape)  # advanced indexing put the channels last
+
+
+def all_labels(dataset: Dataset, collate: Optional[Collate], chunk: int = 4096) -> torch.Tensor:
+    """Every training label, from the dataset's `targets` when it has them, else read batch by batch (once)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets)
+    return torch.cat([fetch(dataset, range(i, min(i + chunk, len(dataset))), collate)[1]
+                      for i in range(0, len(dataset), chunk)])
+
+
+def validation_indices(num_examples: int, count: int) -> torch.Tensor:
+    """The `count` training examples kept out for validation: a fixed draw, the same for every seed and group, so
+    runs tuned on it compare on the same examples."""
+    return torch.from_numpy(np.sort(np.random.default_rng(0x7A11D).permutation(num_examples)[:count]))
+
+
+@dataclass(frozen=True)
+class TrainSetOptions:
+    """What a run does to its training set, whatever the dataset (the `data.*` keys of the same names)."""
+
+    train_examples: int = 0  # > 0: a seeded subset of this many examples
+    label_noise: float = 0.0
+    exclude_classes: tuple[int, ...] = ()  # classes (by their true label) left out of the training set
+    validation_examples: int = 0  # kept out of training, for tuning; see validation_indices
+    jitter: int = 0  # pixels
+
+    def training_indices(self, dataset: Dataset, collate: Optional[Collate], seed: int) -> Optional[torch.Tensor]:
+        """The indices of `dataset` the streams draw from (sorted), or None for all of them."""
+        n = len(dataset)
+        keep = torch.ones(n, dtype=torch.bool)
+        if self.validation_examples:
+            if self.validation_examples >= n:
+                raise DataFormatError(f"data.validation_examples={self.validation_examples} leaves no training example "
+                                      f"(the training set has {n})")
+            keep[validation_indices(n, self.validation_examples)] = False
+        if self.exclude_classes:
+            labels = all_labels(dataset, collate)
+            for c in self.exclude_classes:
+                if not (labels == c).any():
+                    raise DataFormatError(f"data.exclude_classes has class {c}, but no training example has that label "
+                                          f"(labels are in [{int(labels.min())}, {int(labels.max())}])")
+            keep &= ~torch.isin(labels, torch.tensor(self.exclude_classes, dtype=labels.dtype))
+            if not keep.any():
+                raise DataFormatError(f"data.exclude_classes={list(self.exclude_classes)} leaves no training example")
+        available = keep.nonzero().squeeze(1).numpy()
+        if self.train_examples > len(available):
+            raise DataFormatError(f"data.train_examples={self.train_examples} is larger than the training set "
+                                  f"({len(available)} examples)")
+        if 0 < self.train_examples < len(available):
+            available = np.sort(np.random.default_rng([seed, 0x5B5E7]).permutation(available)[: self.train_examples])
+        return None if len(available) == n else torch.from_numpy(np.ascontiguousarray(available))
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch's CPU generator, numpy's and python's for a block, then give the process back its own states.
@@ -160,6 +231,8 @@ class TrainBatches(Dataset):
             indices = d.subset[indices]
         with seeded(derive_seed(d.seed, "data", self.group, self.replica, step)):
             x, y = fetch(d.dataset, indices.tolist(), d.collate)
+            if d.jitter:
+                x = jitter(x, d.jitter)
         if d.noise is not None:
             y = d.noise.apply(y, indices, d.labels.num_classes)
         d.labels.check(y, f"the training batch of group {self.group} replica {self.replica} at step {step}")
@@ -231,17 +304,25 @@ class TrainingData:
     eval_dataset: Dataset
     collate: Optional[Collate]
     seed: int
-    subset: Optional[torch.Tensor] = None  # data.train_examples: the chosen indices of `dataset`
+    subset: Optional[torch.Tensor] = None  # the indices of `dataset` trained on (TrainSetOptions.training_indices)
     noise: Optional[LabelNoise] = None
+    jitter: int = 0
     labels: Labels = None  # type: ignore[assignment]  # set by the trainer once the model's class count is known
     options: LoaderOptions = None  # type: ignore[assignment]
 
     @classmethod
     def create(
-        cls, dataset: Dataset, eval_dataset: Dataset, collate: Optional[Collate], seed: int, train_examples: int = 0,
-        label_noise: float = 0.0, options: Optional[LoaderOptions] = None,
+        cls, dataset: Dataset, eval_dataset: Optional[Dataset], collate: Optional[Collate], seed: int,
+        train_set: TrainSetOptions = TrainSetOptions(), options: Optional[LoaderOptions] = None,
     ) -> "TrainingData":
-        """Check the datasets' sizes and one sample of each; raise DataFormatError with one line on a problem."""
+        """Check the datasets' sizes and one sample of each; raise DataFormatError with one line on a problem.
+
+        `eval_dataset` None: evaluate on the validation examples of the training set (data.eval_split=validation).
+        """
+        if eval_dataset is None:
+            if not train_set.validation_examples:
+                raise DataFormatError("data.eval_split=validation needs data.validation_examples > 0")
+            eval_dataset = IndexedDataset(dataset, validation_indices(len(dataset), train_set.validation_examples))
         for name, ds in (("data.train", dataset), ("data.eval", eval_dataset)):
             if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
                 raise DataFormatError(f"{name} is a {type(ds).__name__}, not a map-style dataset (__len__ and __getitem__)")
@@ -249,15 +330,9 @@ class TrainingData:
                 raise DataFormatError(f"{name} is empty")
             with seeded(derive_seed(seed, "check")):  # a dataset's augmentation must not draw from our generators
                 fetch(ds, [0], collate)  # samples are (input, target) pairs with integer targets
-        n = len(dataset)
-        if train_examples > n:
-            raise DataFormatError(f"data.train_examples={train_examples} is larger than the training set ({n} examples)")
-        subset = None
-        if 0 < train_examples < n:
-            chosen = np.random.default_rng([seed, 0x5B5E7]).permutation(n)[:train_examples]
-            subset = torch.from_numpy(np.sort(chosen))
-        noise = LabelNoise(label_noise, n, seed) if label_noise > 0 else None
-        return cls(dataset, eval_dataset, collate, seed, subset, noise, options=options or LoaderOptions())
+        subset = train_set.training_indices(dataset, collate, seed)
+        noise = LabelNoise(train_set.label_noise, len(dataset), seed) if train_set.label_noise > 0 else None
+        return cls(dataset, eval_dataset, collate, seed, subset, noise, train_set.jitter, options=options or LoaderOptions())
 
     @property
     def num_examples(self) -> int:

@@ -16,7 +16,8 @@ from torch import nn
 
 from codistill import checkpoint, cohort, instantiate
 from codistill.config import ConfigError
-from codistill.data.pipeline import DataFormatError, fetch
+from codistill.data.base import IndexedDataset
+from codistill.data.pipeline import DataFormatError, fetch, validation_indices
 from codistill.logits import as_logits
 
 DATA_PRESETS = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -60,8 +61,25 @@ def read(path: Path) -> dict:
     return ckpt
 
 
-def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = None) -> HeldOut:
-    """The held-out set of a run's `data` config (or of the conf/data preset `preset`), its files under `root`."""
+def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = None, split: str = "test") -> HeldOut:
+    """The held-out set of a run's `data` config (or of the conf/data preset `preset`), its files under `root`.
+
+    split="validation": the training examples the run kept out (data.validation_examples) instead of data.eval.
+    """
+    if split == "validation":
+        count = data.get("validation_examples", 0)
+        if not count:
+            raise CheckpointError("the run kept no validation examples (data.validation_examples=0): use the test split")
+        node = OmegaConf.create(data["train"])
+        if root is not None:
+            node.root = root
+        try:
+            train = instantiate.build(node, "data.train")
+            collate = instantiate.optional_build(data.get("collate_fn"), "data.collate_fn")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+        return HeldOut(f"{node.get('_target_')} (validation)", IndexedDataset(train, validation_indices(len(train), count)),
+                       collate)
     if preset is not None:
         path = DATA_PRESETS / f"{preset}.yaml"
         if not path.is_file():
@@ -96,10 +114,26 @@ def load(path: Path) -> LoadedModel:
 
 
 @torch.no_grad()
+def shift_logits(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """`logits` with bias[c] added to class c's logit (and no other): Hinton et al.'s (2015) raised bias for a
+    class the student never saw."""
+    C = logits.shape[-1]
+    bad = [c for c in bias if not 0 <= c < C]
+    if bad:
+        raise CheckpointError(f"--bias names class {bad[0]}, but the model predicts classes 0..{C - 1}")
+    shift = torch.zeros(C, dtype=logits.dtype, device=logits.device)
+    for c, b in bias.items():
+        shift[c] = b
+    return logits + shift
+
+
 def predict_probs(
-    models: list[nn.Module], held: HeldOut, examples: int, batch_size: int, device: torch.device
+    models: list[nn.Module], held: HeldOut, examples: int, batch_size: int, device: torch.device,
+    bias: Optional[dict[int, float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every model's predicted probabilities on the held-out set [M, N, ..., C] (CPU), and the labels [N, ...]."""
+    """Every model's predicted probabilities on the held-out set [M, N, ..., C] (CPU), and the labels [N, ...].
+
+    `bias`: per-class amounts added to the logits before the softmax (see shift_logits)."""
     for m in models:
         m.to(device)
     probs: list[list[torch.Tensor]] = [[] for _ in models]
@@ -109,7 +143,8 @@ def predict_probs(
             labels.append(y)
             x = x.to(device) if isinstance(x, torch.Tensor) else x
             for out, m in zip(probs, models):
-                out.append(torch.softmax(as_logits(m(x)).float(), -1).cpu())
+                logits = as_logits(m(x)).float()
+                out.append(torch.softmax(shift_logits(logits, bias) if bias else logits, -1).cpu())
     except DataFormatError as e:
         raise CheckpointError(str(e)) from None
     return torch.stack([torch.cat(p) for p in probs]), torch.cat(labels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 import sys
@@ -36,6 +37,12 @@ class Run:
     run_dir: Path
     records: list[dict] = field(default_factory=list)
     failed: Optional[str] = None  # why the run stopped early (e.g. a non-finite loss); its numbers are NaN
+
+    @property
+    def failure(self) -> str:
+        """The failure in a few words for a table cell: "loss not finite at step 2500", or the error's start."""
+        found = re.search(r"not finite at step (\d+)", self.failed or "")
+        return f"loss not finite at step {found.group(1)}" if found else (self.failed or "")[:60]
 
     def group_curve(self, key: str, group: Optional[int] = None) -> list[tuple[int, float]]:
         """(step, value) of `key`, for one group or averaged over the groups."""
@@ -79,16 +86,19 @@ def smoke_overrides(args: argparse.Namespace, language_model: bool = False) -> l
 
 
 def run_variant(
-    out: Path, variant: str, overrides: Sequence[str], seeds: int, steps: int, eval_every: int
+    out: Path, variant: str, overrides: Sequence[str], seeds: int | Sequence[int], steps: int, eval_every: int
 ) -> list[Run]:
-    """Train `overrides` once per seed (reusing finished runs on disk), return the runs."""
-    from codistill.train import run
+    """Train `overrides` once per seed (0..seeds-1, or the seeds listed), reusing finished runs on disk."""
+    from codistill.train import RunError, train
 
     runs = []
-    for seed in range(seeds):
+    for seed in range(seeds) if isinstance(seeds, int) else seeds:
         run_dir = out / variant / f"seed{seed}"
         metrics = run_dir / "metrics.jsonl"
-        done = run_dir / "DONE"
+        done, failed = run_dir / "DONE", run_dir / "FAILED"
+        if failed.exists():  # a failure is a result too: reported again, not retried (delete FAILED to retry)
+            runs.append(Run(variant, seed, run_dir, failed=failed.read_text().strip()))
+            continue
         if not done.exists():
             if metrics.exists():
                 metrics.unlink()
@@ -99,11 +109,12 @@ def run_variant(
             )
             print(f"[{variant} seed {seed}] {' '.join(overrides)}", flush=True)
             try:
-                run(cfg, run_dir)
+                train(cfg, run_dir)
                 done.write_text("ok\n")
-            except SystemExit as stop:  # the trainer stopped with a one-line reason (printed above)
-                failed = f"stopped with exit code {stop.code}; see {run_dir / 'logs'}"
-                runs.append(Run(variant, seed, run_dir, failed=failed))
+            except RunError as stop:  # the trainer stopped with a one-line reason
+                print(f"[{variant} seed {seed}] stopped: {stop}", flush=True)
+                failed.write_text(f"{stop}\n")
+                runs.append(Run(variant, seed, run_dir, failed=str(stop)))
                 continue
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
         runs.append(Run(variant, seed, run_dir, records))
@@ -120,6 +131,21 @@ def test_probs(run: Run, group: int = 0):
     held = checkpoints.held_out(ckpt["config"]["data"])
     probs, _ = checkpoints.predict_probs([checkpoints.rebuild(ckpt)], held, 0, 1000, torch.device("cpu"))
     return probs[0]
+
+
+def finished(runs: Sequence[Run]) -> list[Run]:
+    return [r for r in runs if not r.failed]
+
+
+def cell(runs: Sequence[Run], value: Callable[[Run], float]) -> str:
+    """mean ± std of `value` over the finished runs, and what stopped the others (never a silent "n/a")."""
+    done = finished(runs)
+    stopped = [r for r in runs if r.failed]
+    text = mean_std([value(r) for r in done]) if done else ""
+    if stopped:
+        why = "; ".join(f"seed {r.seed}: {r.failure}" for r in stopped)
+        text = f"{text} ({len(done)} of {len(runs)} finished; {why})" if done else f"all {len(runs)} stopped ({why})"
+    return text
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import codistill
 from codistill.algorithm import loss_from_logits
-from codistill.data.pipeline import Labels, LoaderOptions, TrainingData
+from codistill.data.pipeline import Labels, LoaderOptions, TrainingData, TrainSetOptions
 from codistill.data.streams import GroupStream
 from codistill.logits import ModelOutputError, as_logits
 from codistill import metrics
@@ -43,7 +43,8 @@ def test_a_model_with_a_logits_attribute_trains(tmp_path: Path) -> None:
 
 
 def pipeline(workers: int, **kwargs) -> TrainingData:
-    data = TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, options=LoaderOptions(workers), **kwargs)
+    data = TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, train_set=TrainSetOptions(**kwargs),
+                               options=LoaderOptions(workers))
     data.labels = Labels(4)
     return data
 
