@@ -107,6 +107,10 @@ CASES = {
     "preempt_signal_uncatchable": (["trainer.preempt_signals=[SIGKILL]"], "not a signal a process can catch"),
     "stop_check_every_0": (["trainer.stop_check_every=0"], "trainer.stop_check_every=0 must be >= 1"),
     "nan_loss": (["optim.lr=1e6", "trainer.checkpoint_every=1", "trainer.log_every=1"], "is not finite"),
+    "nan_loss_while_distilling": (["optim.lr=1e6", "distill.burn_in_steps=0", "trainer.log_every=1"],
+                                  "distillation term nan): lower optim.lr or distill.alpha"),
+    "exclude_unknown_class": (["data.exclude_classes=[12]"], "data.exclude_classes has class 12"),
+    "validation_without_examples": (["data.eval_split=validation"], "needs data.validation_examples > 0"),
 }
 
 
