@@ -53,7 +53,7 @@ class OuterOptimConfig:
     """The outer optimizer of distill.mode=diloco: SGD on the outer parameters, the pseudo-gradient as gradient."""
 
     lr: float = 0.7  # outer learning rate (DiLoCo: 0.7); lr 1 without momentum is distill.mode=average
-    momentum: float = 0.9  # in [0, 1)
+    momentum: float = 0.9  # outer momentum, in [0, 1) (DiLoCo: 0.9)
     nesterov: bool = True  # Nesterov momentum (needs momentum > 0)
 
 
