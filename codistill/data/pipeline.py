@@ -223,6 +223,12 @@ class LoaderOptions:
         }
 
 
+def training_order(n: int, seed: int) -> np.ndarray:
+    """The seeded order data.train_examples takes its subset from (the first ones): the examples after them were
+    never trained on, so a tuning script may hold them out as a validation set."""
+    return np.random.default_rng([seed, 0x5B5E7]).permutation(n)
+
+
 @dataclass
 class TrainingData:
     """The run's data: training and held-out datasets, their collate function, and the training-set options."""
@@ -254,8 +260,7 @@ class TrainingData:
             raise DataFormatError(f"data.train_examples={train_examples} is larger than the training set ({n} examples)")
         subset = None
         if 0 < train_examples < n:
-            chosen = np.random.default_rng([seed, 0x5B5E7]).permutation(n)[:train_examples]
-            subset = torch.from_numpy(np.sort(chosen))
+            subset = torch.from_numpy(np.sort(training_order(n, seed)[:train_examples]))
         noise = LabelNoise(label_noise, n, seed) if label_noise > 0 else None
         return cls(dataset, eval_dataset, collate, seed, subset, noise, options=options or LoaderOptions())
 
