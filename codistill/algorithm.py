@@ -16,6 +16,13 @@ SGD"; torch.distributed.algorithms.model_averaging.PeriodicModelAverager): nobod
 replaces every group's state with the groups' mean. It exchanges before step 0 (all groups start from group 0's
 initialisation, as DDP starts every rank from rank 0's), before every step up to burn-in (averaging after every
 step: with SGD and momentum this is synchronous SGD over all groups' batches, the warm-up phase), then every K steps.
+
+`distill.mode=diloco` (Douillard et al. 2023, "DiLoCo: Distributed Low-Communication Training of Language Models")
+runs on the same schedule and the same code (codistill/outer.py): at each exchange an outer SGD with Nesterov
+momentum steps the outer parameters along the groups' mean change since the last exchange; `average` is that step
+with lr 1 and no momentum. DiLoCo starts from a warm model and has no every-step phase, so its preset sets
+burn_in_steps=0 (exchange before step 0, then every H = K steps); a positive burn_in_steps gives it average's
+every-step warm-up, with outer steps taken after every step through burn-in.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codistill.config import OUTER_MODES
 from codistill.logits import as_logits
 from codistill.losses import distill_loss
 
@@ -47,16 +55,16 @@ class Schedule:
     burn_in_steps: int
     exchange_every: int
     exchanging: bool = True  # False for mode=kd: the teacher is fixed, nothing is exchanged
-    averaging: bool = False  # mode=average with G > 1: exchanges average the groups' states (enabled is False)
+    averaging: bool = False  # mode=average or diloco with G > 1: exchanges are outer steps (enabled is False)
 
     @classmethod
     def from_config(cls, d: Any, groups: int, max_steps: int) -> "Schedule":
         """The schedule of the `distill` config section for G = `groups` and a run of `max_steps` steps."""
         kd = d.mode == "kd"
         return cls(
-            kd or (d.mode not in ("none", "average") and groups > 1), burn_in(d.burn_in_steps, max_steps),
+            kd or (d.mode not in ("none", *OUTER_MODES) and groups > 1), burn_in(d.burn_in_steps, max_steps),
             d.exchange_every,
-            exchanging=not kd, averaging=d.mode == "average" and groups > 1,
+            exchanging=not kd, averaging=d.mode in OUTER_MODES and groups > 1,
         )
 
     def distilling(self, step: int) -> bool:

@@ -8,6 +8,8 @@ checkpoint (`save_training` / `restore_training`) holds everything an exact resu
                                                          optimizer and teacher copies (torch.distributed.checkpoint,
                                                          one per group; group{g}.pt then holds the rest)
                                       rng-rank{k}.pt     process k's torch/numpy/python generators + replica streams
+                                      outer-rank{k}.pt   distill.mode=diloco/average: process k's outer parameters,
+                                                         averaged buffers and outer optimizer state
                                       manifest.json      step, topology, sha256 of every file: written last, so a
                                                          directory without it is incomplete and never resumed from
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from codistill.config import ConfigError
+from codistill.config import OUTER_MODES, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,12 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
         )
     local_groups = layout.job_groups if layout.mode == "simulated" else [layout.group]
     same_ranks = wrote["replicas"] == layout.replicas  # else (fsdp, another R) the generators start afresh
-    for name in [*(f"group{g}.pt" for g in local_groups), *([f"rng-rank{layout.rank}.pt"] if same_ranks else [])]:
+    outer = f"outer-rank{layout.rank}.pt"
+    if cfg.distill.mode in OUTER_MODES and not same_ranks:
+        raise ConfigError(f"resume checkpoint {path} holds the outer state of {wrote['replicas']} replicas per group: "
+                          f"distill.mode={cfg.distill.mode} resumes with the same topology.replicas")
+    per_rank = [f"rng-rank{layout.rank}.pt", *([outer] if outer in files else [])] if same_ranks else []
+    for name in [*(f"group{g}.pt" for g in local_groups), *per_rank]:
         try:
             ok = hashlib.sha256((path / name).read_bytes()).hexdigest() == files[name]
         except (OSError, KeyError) as e:
@@ -206,7 +213,8 @@ def agree_written(topo: Any, path: Path, error: Optional[OSError]) -> None:
         raise StorageError(f"could not write {path}: another rank failed to write its part (its log names the cause)")
 
 
-def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, config: dict, keep: int) -> Path:
+def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, config: dict, keep: int,
+                  outer: Optional[Any] = None) -> Path:
     """Write this process's part of the step's checkpoint; global rank 0 seals it with the manifest and prunes.
 
     Every rank must call it (buffers are synchronised inside each group and the ranks meet twice). If any write
@@ -225,6 +233,8 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
                 state = w.sharded_record() if w.sharded else w.state_dict()
                 atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
         atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
+        if outer is not None:
+            atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
     except OSError as e:
         error = e
     try:
@@ -252,9 +262,15 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
     return folder
 
 
-def restore_training(path: Path, workers: dict[int, Any], topo: Any) -> int:
+def restore_training(path: Path, workers: dict[int, Any], topo: Any, outer: Optional[Any] = None) -> int:
     """Load this process's part of checkpoint `path` (checked by `preflight`); return the step it was taken at."""
     try:
+        if outer is not None:
+            name = f"outer-rank{topo.layout.rank}.pt"
+            if not (path / name).is_file():
+                raise ValueError(f"it has no {name} (an outer state): it was written by another distill.mode; resume "
+                                 "with the mode that wrote it or trainer.resume=never")
+            outer.load_state_dict(load(path / name))
         step = None
         for g, w in workers.items():
             state = load(path / f"group{g}.pt")

@@ -57,10 +57,21 @@ class LossConfig:
 
 
 @dataclass
+class OuterOptimConfig:
+    """The outer optimizer of distill.mode=diloco: SGD on the outer parameters, the pseudo-gradient as gradient."""
+
+    lr: float = 0.7  # outer learning rate (DiLoCo: 0.7); lr 1 without momentum is distill.mode=average
+    momentum: float = 0.9  # outer momentum, in [0, 1) (DiLoCo: 0.9)
+    nesterov: bool = True  # Nesterov momentum (needs momentum > 0)
+
+
+@dataclass
 class DistillConfig:
     """Which distillation the engine runs. `mode` picks the recipe; the rest are its knobs."""
 
-    mode: str = "codistill"  # none | codistill | dml | kd | average (post-local SGD baseline: no distillation)
+    # none | codistill | dml | kd | average (post-local SGD baseline: no distillation) | diloco (DiLoCo baseline: an
+    # outer optimizer steps on the groups' mean parameter change)
+    mode: str = "codistill"
     # label loss only for the first steps (Alg. 1, first loop); None = 10% of trainer.max_steps, so a short run
     # distills too. An explicit value must be < trainer.max_steps.
     burn_in_steps: Optional[int] = None
@@ -83,6 +94,10 @@ class DistillConfig:
     # of the conf/model preset named by teacher_model (which, when set, also overrides the checkpoint's config)
     teacher_checkpoint: Optional[str] = None
     teacher_model: Optional[str] = None
+    # diloco: SGD of the outer parameters every exchange_every steps (average: fixed to lr 1, momentum 0)
+    outer_optim: OuterOptimConfig = field(default_factory=OuterOptimConfig)
+    # diloco, average: float32 | bfloat16, the dtype the pseudo-gradients travel in (bf16: half the bytes)
+    outer_dtype: str = "float32"
 
 
 @dataclass
@@ -171,7 +186,8 @@ class Config:
     run_name: str = "codistill"  # names the run directory (outputs/<run_name>/<run id>) and the wandb runs
 
 
-MODES = ("none", "codistill", "dml", "kd", "average")
+MODES = ("none", "codistill", "dml", "kd", "average", "diloco")
+OUTER_MODES = ("average", "diloco")  # the groups' states are replaced by an outer step (codistill/outer.py)
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
 EXCHANGES = ("collective", "filesystem")
@@ -259,11 +275,24 @@ def validate(cfg: Any, replicas: int) -> None:
         top.group_id is None or 0 <= top.group_id < top.groups,
         f"topology.group_id={top.group_id} must be in [0, topology.groups={top.groups})",
     )
-    _check(
-        dist.mode != "average" or (dist.exchange == "collective" and not cfg.model_per_group),
-        "distill.mode=average averages the groups' states in step: it needs distill.exchange=collective and one "
-        "architecture for every group (model_per_group empty)",
-    )
+    if dist.mode in OUTER_MODES:
+        _check(
+            dist.exchange == "collective",
+            f"distill.mode={dist.mode} needs every group at every outer step: use distill.exchange=collective (the "
+            "filesystem exchange is for groups that never wait for each other)",
+        )
+        _check(not cfg.model_per_group,
+               f"distill.mode={dist.mode} averages the groups' states: give every group one architecture "
+               "(model_per_group empty)")
+        _check(dist.teacher_dtype == "float32",
+               f"distill.mode={dist.mode} keeps no teacher copies: leave distill.teacher_dtype=float32 (the "
+               "pseudo-gradients' dtype is distill.outer_dtype)")
+    o = dist.outer_optim
+    _check(o.lr > 0, f"distill.outer_optim.lr={o.lr} must be > 0")
+    _check(0 <= o.momentum < 1, f"distill.outer_optim.momentum={o.momentum} must be in [0, 1)")
+    _check(not o.nesterov or o.momentum > 0,
+           "distill.outer_optim.nesterov=true needs distill.outer_optim.momentum > 0 (or set nesterov=false)")
+    _choice(dist.outer_dtype, ("float32", "bfloat16"), "distill.outer_dtype")
     _check(
         top.group_id is None or dist.mode == "none" or dist.exchange == "filesystem",
         f"topology.group_id={top.group_id} runs one group per job, and only distill.exchange=filesystem reaches "
@@ -284,7 +313,7 @@ def validate(cfg: Any, replicas: int) -> None:
     parse_signals(tr.preempt_signals)
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(
-        dist.mode in ("none", "average") or dist.burn_in_steps is None or dist.burn_in_steps < tr.max_steps
+        dist.mode in ("none", *OUTER_MODES) or dist.burn_in_steps is None or dist.burn_in_steps < tr.max_steps
         or top.groups == 1,
         f"distill.burn_in_steps={dist.burn_in_steps} >= trainer.max_steps={tr.max_steps}: the run would never "
         "distill; lower burn_in_steps or set distill.mode=none",
@@ -302,10 +331,6 @@ def validate(cfg: Any, replicas: int) -> None:
         "trainer.precision=fp16 needs a CUDA device (its GradScaler is CUDA-only): use trainer.precision=bf16 on a CPU",
     )
     _choice(dist.teacher_dtype, ("float32", "bfloat16"), "distill.teacher_dtype")
-    _check(
-        dist.teacher_dtype == "float32" or dist.mode != "average",
-        "distill.mode=average averages the groups' float32 states: leave distill.teacher_dtype=float32",
-    )
     _check(tr.grad_accum >= 1, f"trainer.grad_accum={tr.grad_accum} must be >= 1")
     _check(
         tr.batch_size % (replicas * tr.grad_accum) == 0,

@@ -30,6 +30,7 @@ from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange,
 from codistill.kd import FixedTeacher, load_teacher
 from codistill.logits import ModelOutputError, as_logits
 from codistill.loggers import open_sinks
+from codistill.outer import OuterStep
 from codistill.precision import TEACHER_DTYPES
 from codistill.preemption import Preempted, StopFlag
 from codistill.reporting import format_progress
@@ -108,11 +109,14 @@ class Trainer:
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
+        # average, diloco: the outer parameters and their optimizer (codistill/outer.py)
+        first = next(iter(self.workers.values()))
+        self.outer = OuterStep(d, first.model, first.flattener, topo.device) if self.schedule.averaging else None
         self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)
         # every rank resumes from the same checkpoint (ranks with different views of the disk would diverge)
         topo.check_agree(str(self.last_checkpoint), "checkpoint to resume from")
         if self.last_checkpoint is not None:
-            self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo)
+            self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo, self.outer)
             log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
         shard_pg = topo.replica_pg if d.shard_exchange else None  # exchange 1/R per replica across groups
         self.exchange: Exchange
@@ -203,6 +207,8 @@ class Trainer:
 
     def _exchange(self, step: int) -> None:
         local = {g: w.flat_state() for g, w in self.workers.items()}
+        if self.outer is not None:
+            local = self.outer.payload(local)  # the pseudo-gradients (before step 0: the states themselves)
         snapshots = self.exchange.exchange(step, local)
         if isinstance(self.exchange, CollectiveExchange):
             sent, received = self.exchange.traffic
@@ -212,8 +218,8 @@ class Trainer:
             written, read = self.exchange.traffic
             log.info("exchange at step %d: wrote %d snapshot bytes to the exchange directory, read %d", step, written,
                      read)
-        if self.schedule.averaging:
-            self._average(step, snapshots)
+        if self.outer is not None:
+            self._outer_step(step, snapshots)
             return
         for g, w in self.workers.items():
             for peer in w.teachers.models:
@@ -221,14 +227,14 @@ class Trainer:
                     w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
         log.debug("exchange at step %d", step)
 
-    def _average(self, step: int, snapshots: dict[int, Snapshot]) -> None:
-        """Post-local SGD: every group continues from the groups' mean state (optimizer state stays local, as in
-        PeriodicModelAverager); before step 0 from group 0's, as DDP starts every rank from rank 0's."""
-        flats = [snapshots[g].flat for g in sorted(snapshots)]
-        state = flats[0] if step == 0 else torch.stack(flats).mean(0)
+    def _outer_step(self, step: int, snapshots: dict[int, Snapshot]) -> None:
+        """diloco, average: every group continues from the new outer state (its inner optimizer state stays its own,
+        as in DiLoCo and PeriodicModelAverager); before step 0 from group 0's, as DDP starts from rank 0's."""
+        assert self.outer is not None
+        state = self.outer.update([snapshots[g].flat for g in sorted(snapshots)])
         for w in self.workers.values():
             w.flattener.load(w.model, state)
-        log.debug("averaged the groups' states at step %d", step)
+        log.debug("outer step before step %d", step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
     def _report(self, step: int, evaluate: bool) -> bool:
@@ -356,7 +362,7 @@ class Trainer:
                                      f"{self._kept()}")
         tr = self.cfg.trainer
         self.last_checkpoint = checkpoint.save_training(
-            self.run_dir, step, self.workers, self.topo, self.config_dict, tr.checkpoint_keep
+            self.run_dir, step, self.workers, self.topo, self.config_dict, tr.checkpoint_keep, self.outer
         )
         log.info("checkpoint %s", self.last_checkpoint)
 

@@ -99,13 +99,21 @@ def section(cls: type, key: str, comments: dict[tuple[str, str], str], defaults:
     if options:
         lines += [f"Choose a preset with `{key}=NAME`: " + ", ".join(f"`{o}`" for o in options) + ".", ""]
     lines += ["| option | type | default | description |", "| --- | --- | --- | --- |"]
+    return [*lines, *rows(cls, key, comments, defaults[key]), ""]
+
+
+def rows(cls: type, key: str, comments: dict[tuple[str, str], str], defaults: dict) -> list[str]:
+    """One table row per option of `cls`; a nested section (e.g. distill.outer_optim) adds a row per option."""
+    out = []
     for f in dataclasses.fields(cls):
-        value = defaults[key][f.name]
-        lines.append(
-            f"| `{key}.{f.name}` | `{cell(str(f.type))}` | `{cell(yaml_value(value))}` "
+        if dataclasses.is_dataclass(default_of(f)):
+            out += rows(type(default_of(f)), f"{key}.{f.name}", comments, defaults[f.name])
+            continue
+        out.append(
+            f"| `{key}.{f.name}` | `{cell(str(f.type))}` | `{cell(yaml_value(defaults[f.name]))}` "
             f"| {cell(comments.get((cls.__name__, f.name), ''))} |"
         )
-    return [*lines, ""]
+    return out
 
 
 def generate() -> str:

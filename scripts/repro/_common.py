@@ -148,6 +148,36 @@ def cell(runs: Sequence[Run], value: Callable[[Run], float]) -> str:
     return text
 
 
+def bytes_per_step(run: Run, steps: int) -> float:
+    """Bytes one rank sends or receives per training step, from the run's config and its model's tensor sizes.
+
+    An exchange (codistill, average, diloco) is the all-gather a rank receives, (G - 1) x state values, in the
+    dtype that travels (distill.teacher_dtype; distill.outer_dtype for the pseudo-gradients after the float32 start),
+    summed over the exchanges the schedule makes and divided by the steps. DDP inside a group of R replicas is a ring
+    all-reduce of the gradients, 2 (R - 1) / R x parameter values, float32, every step.
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    from codistill.algorithm import Schedule
+    from codistill.tools import checkpoints
+
+    ckpt = checkpoints.read(run.run_dir / "checkpoints" / "group0" / "final.pt")
+    cfg = ckpt["config"]
+    model = checkpoints.rebuild(ckpt)
+    state = sum(t.numel() for t in model.state_dict().values())
+    params = sum(p.numel() for p in model.parameters())
+    G, R, d = cfg["topology"]["groups"], cfg["topology"]["replicas"] or 1, cfg["distill"]
+    schedule = Schedule.from_config(OmegaConf.create(d), G, cfg["trainer"]["max_steps"])
+    exchanges = [s for s in range(steps) if schedule.exchange_before(s)]
+    size = lambda name: torch.empty(0, dtype=getattr(torch, name)).element_size()  # noqa: E731
+    if schedule.averaging:  # the start sends float32 states, every outer step a pseudo-gradient
+        values = (G - 1) * state * (4 + size(d["outer_dtype"]) * (len(exchanges) - 1))
+    else:
+        values = (G - 1) * state * size(d["teacher_dtype"]) * len(exchanges)
+    return values / steps + 4 * 2 * (R - 1) / R * params
+
+
 def mean_std(values: Sequence[float]) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:

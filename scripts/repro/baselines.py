@@ -19,13 +19,9 @@ Bytes per step per rank are computed from tensor sizes (float32, 4 bytes a value
 
 from __future__ import annotations
 
-from _common import Run, markdown_table, mean_std, parser, report, run_variant, smoke_overrides
+from _common import bytes_per_step, markdown_table, mean_std, parser, report, run_variant, smoke_overrides
 
-from omegaconf import OmegaConf
-
-from codistill.algorithm import Schedule
 from codistill.compose import compose_config
-from codistill.tools import checkpoints
 
 EXPERIMENT = "experiment=anil_fmnist"
 VARIANTS = {  # short name -> (table label, overrides); DDP's batch is set in main (twice a group's)
@@ -34,19 +30,6 @@ VARIANTS = {  # short name -> (table label, overrides); DDP's batch is set in ma
     "average": ("post-local SGD (G=2, K=50)", ["distill=average", "distill.exchange_every=50"]),
     "ddp": ("synchronous SGD / DDP (2 ranks)", ["distill=none", "topology.groups=1", "topology.replicas=2"]),
 }
-
-
-def bytes_per_step(run: Run, steps: int) -> float:
-    """Bytes one rank sends or receives per training step, from the run's config and its model's tensor sizes."""
-    ckpt = checkpoints.read(run.run_dir / "checkpoints" / "group0" / "final.pt")
-    cfg = ckpt["config"]
-    model = checkpoints.rebuild(ckpt)
-    state = sum(t.numel() for t in model.state_dict().values())
-    params = sum(p.numel() for p in model.parameters())
-    G, R = cfg["topology"]["groups"], cfg["topology"]["replicas"] or 1
-    schedule = Schedule.from_config(OmegaConf.create(cfg["distill"]), G, cfg["trainer"]["max_steps"])
-    exchanges = sum(schedule.exchange_before(s) for s in range(steps))
-    return 4 * (exchanges * (G - 1) * state / steps + 2 * (R - 1) / R * params)
 
 
 def main() -> None:

@@ -46,3 +46,11 @@ def test_baselines_table_has_every_variant_and_its_bytes(tmp_path: Path) -> None
     for label in ("independent groups", "codistillation", "post-local SGD", "synchronous SGD / DDP"):
         assert f"| {label}" in out
     assert "| 0.0 | 0.0 |" in out  # independent groups communicate nothing
+
+
+def test_low_comm_table_has_every_method_tuned_on_held_out_training_examples(tmp_path: Path) -> None:
+    out = smoke("low_comm.py", tmp_path, "--seeds", "1")
+    for label in ("synchronous SGD", "local SGD", "DiLoCo", "codistillation (G=2", "codistillation (G=4"):
+        assert f"| {label}" in out
+    assert "validation loss" in (tmp_path / "tune" / "table.md").read_text()
+    assert (tmp_path / "eval_loss.png").stat().st_size > 0

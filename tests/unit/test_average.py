@@ -1,4 +1,5 @@
-"""distill.mode=average (post-local SGD): its schedule, and that an exchange leaves every group at the groups' mean."""
+"""The outer step (codistill/outer.py): distill.mode=average (post-local SGD) leaves every group at the groups' mean,
+distill.mode=diloco steps the outer parameters with SGD + Nesterov momentum, and average is diloco at lr 1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from codistill.algorithm import Schedule
 from codistill.config import ConfigError, validate
 from tests.helpers import make_config, make_trainer
+
+DILOCO = ["distill=diloco", "optim.name=adamw", "optim.lr=0.01"]
 
 
 def test_average_every_step_through_burn_in_then_every_k() -> None:
@@ -42,7 +45,58 @@ def test_an_exchange_leaves_every_group_at_the_mean_of_their_states(tmp_path: Pa
     trainer.close()
 
 
-def test_average_needs_the_collective_exchange() -> None:
-    cfg = make_config(["topology.mode=simulated", "distill=average", "distill.exchange=filesystem"])
-    with pytest.raises(ConfigError, match="distill.mode=average"):
+def _params(trainer) -> list[torch.Tensor]:
+    return [torch.cat([p.detach().flatten() for p in w.model.parameters()]) for w in trainer.workers.values()]
+
+
+def _train(trainer, steps: range) -> None:
+    for step in steps:
+        for w in trainer.workers.values():
+            w.train_step(step)
+
+
+@pytest.mark.parametrize("outer_dtype", ["float32", "bfloat16"])
+def test_diloco_outer_steps_match_a_hand_computation(tmp_path: Path, outer_dtype: str) -> None:
+    lr, m = 0.7, 0.9
+    trainer = make_trainer([*DILOCO, f"distill.outer_dtype={outer_dtype}"], tmp_path)
+    assert trainer.schedule.averaging and all(not w.teachers.models for w in trainer.workers.values())
+    trainer._exchange(0)
+    outer = _params(trainer)[0]
+    assert all(torch.equal(p, outer) for p in _params(trainer))
+    momentum = torch.zeros_like(outer)
+    for start in (0, 3):  # two outer steps: the second one uses the momentum of the first
+        _train(trainer, range(start, start + 3))
+        groups = _params(trainer)
+        assert not torch.equal(groups[0], groups[1])
+        delta = torch.stack([(outer - g).to(getattr(torch, outer_dtype)).float() for g in groups]).mean(0)
+        momentum = m * momentum + delta  # torch.optim.SGD, dampening 0 (the first buffer is the gradient itself)
+        outer = outer - lr * (delta + m * momentum)  # Nesterov
+        trainer._exchange(start + 3)
+        after = _params(trainer)
+        assert all(torch.equal(p, after[0]) for p in after)
+        torch.testing.assert_close(after[0], outer, rtol=1e-6, atol=1e-7)
+    trainer.close()
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_diloco_at_lr_1_without_momentum_is_average(tmp_path: Path, vectorize: bool) -> None:
+    run = ["topology.groups=3", f"topology.vectorize={vectorize}", "trainer.max_steps=12", "distill.burn_in_steps=2",
+           "distill.exchange_every=4", "optim.name=adamw", "optim.lr=0.01", "logger.plots=false"]
+    states = []
+    for name, mode in [("average", ["distill=average"]),
+                       ("diloco", ["distill=diloco", "distill.outer_optim.lr=1", "distill.outer_optim.momentum=0",
+                                   "distill.outer_optim.nesterov=false"])]:
+        trainer = make_trainer([*run, *mode], tmp_path / name)
+        trainer.fit()
+        trainer.close()
+        states.append({g: w.model.state_dict() for g, w in trainer.workers.items()})
+    average, diloco = states
+    for g in average:
+        assert all(torch.equal(average[g][k], diloco[g][k]) for k in average[g])
+
+
+@pytest.mark.parametrize("mode", ["average", "diloco"])
+def test_outer_modes_need_the_collective_exchange(mode: str) -> None:
+    cfg = make_config(["topology.mode=simulated", f"distill={mode}", "distill.exchange=filesystem"])
+    with pytest.raises(ConfigError, match=f"distill.mode={mode} needs every group at every outer step"):
         validate(cfg, 1)
