@@ -146,13 +146,14 @@ def first_step_reaching(curve: list[tuple[int, float]], target: float) -> Option
     return next((s for s, v in curve if v <= target), None)
 
 
-def spike_height(curve: list[tuple[int, float]]) -> float:
-    """The largest rise of a loss curve above its running minimum: 0 for a curve that never goes back up."""
-    lowest, height = math.inf, 0.0
-    for _, v in curve:
+def spike(curve: list[tuple[int, float]]) -> tuple[float, Optional[int]]:
+    """The largest rise of a loss curve above its running minimum, and the step it peaks at (0, None: no rise)."""
+    lowest, height, at = math.inf, 0.0, None
+    for step, v in curve:
         lowest = min(lowest, v)
-        height = max(height, v - lowest)
-    return height
+        if v - lowest > height:
+            height, at = v - lowest, step
+    return height, at
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
