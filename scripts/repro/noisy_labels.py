@@ -1,14 +1,13 @@
 """Noisy labels and small data: does codistillation pay once the models can memorise their training set?
 
-    python scripts/repro/noisy_labels.py          # noise 0, 0.2, 0.4 on a 10k subset, 3 seeds x 4 variants x 3900 steps
-    python scripts/repro/noisy_labels.py --noise 0.2 0.4 --examples 10000 0 --variants independent codistill2
+    python scripts/repro/noisy_labels.py          # noise 0, 0.2, 0.4 on a 5k subset: 3 seeds x 4 variants x 2000 steps
+    python scripts/repro/noisy_labels.py --examples 10000 --steps 4000 --noise 0.4 --variants independent codistill2
     python scripts/repro/noisy_labels.py --smoke  # seconds; checks the script, not the claim
 
 experiment=regime_noisy: a 784-256-256-10 MLP on Fashion-MNIST, SGD (lr 0.05, momentum 0.9, cosine), batch 128,
-3900 steps (50 epochs of a 10k-example subset: long enough to memorise it), stacked groups
-(topology.vectorize). A setting is a label-noise rate p (data.label_noise: each training label is replaced, with
-probability p, by one of the 9 other classes; the test set stays clean) and a training-set size (data.train_examples;
-0 = all 60k). Noise 0 on a subset is the plain small-data regime. In every setting:
+stacked groups (topology.vectorize). A setting is a label-noise rate p (data.label_noise: each training label is
+replaced, with probability p, by one of the 9 other classes; the test set stays clean) and a training-set size
+(data.train_examples; 0 = all 60k). Noise 0 on a subset is the plain small-data regime. In every setting:
   - independent: 2 groups, no communication (distill=none);
   - codistill2, codistill4: codistillation of 2 and 4 groups (burn-in 10 % of the run, K = 50);
   - dml: Deep Mutual Learning, a cohort of 2 (exchange every step, mean of per-peer KL terms).
@@ -16,12 +15,14 @@ Memorisation shows as test accuracy that peaks and then declines while the train
 falling: the table reports the final and the best test accuracy, the ensemble of the run's groups (for independent
 groups, the plain G-way ensemble), and the agreement of its groups (1 - mean pairwise top-1 churn on the test set).
 
-Settings and variants can be chosen on the command line, so the full grid can run in chunks (in parallel, each with
-its own --noise/--examples/--variants and the same --out); a chunk's table covers its own runs, and running the full
-command afterwards reuses every finished run and prints the whole table. Under --smoke the subset sizes shrink 10x
-to fit the synthetic data set.
-The default budget is 3 seeds at the full 3900 steps (fewer steps would stop before memorisation) of the 10k subset;
-the full training set (--examples 0) is for a larger budget.
+A run must be long enough to memorise: 50 epochs of the subset, 2000 steps for 5k examples, 4000 for 10k (the full
+set gets ~4 epochs in 2000 steps: noise without memorisation). The default, 5k examples and 2000 steps, keeps 3
+seeds of the whole grid within about 30 minutes of one CPU core; the 10k subset doubles that.
+Settings and variants can be chosen on the command line, so the grid can run in chunks (in parallel, each with its
+own --noise/--examples/--variants and the same --out and --steps); a chunk's table covers its own runs, and running
+the whole grid's command afterwards reuses every finished run and prints the whole table. Run directories are named
+by setting and steps (OUT/noise<p>_n<examples>_<steps>steps/<variant>/seed<k>). Under --smoke the subset sizes
+shrink 10x to fit the synthetic data set.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ VARIANTS = {  # short name -> (table label, overrides)
 SMOKE_SHRINK = 10  # --smoke: subset sizes / 10, to fit the synthetic training set
 
 
-def setting_name(noise: float, examples: int) -> str:
-    return f"noise{noise:g}_" + (f"n{examples}" if examples else "full")
+def setting_name(noise: float, examples: int, steps: int) -> str:
+    return f"noise{noise:g}_" + (f"n{examples}" if examples else "full") + f"_{steps}steps"
 
 
 def row(label: str, runs: list[Run]) -> list[str]:
@@ -58,7 +59,7 @@ def row(label: str, runs: list[Run]) -> list[str]:
 
 def run_setting(args: argparse.Namespace, noise: float, examples: int, smoke: list[str]) -> dict[str, list[Run]]:
     """Every chosen variant in one setting; curves go to OUT/<setting>/."""
-    out = args.out / setting_name(noise, examples)
+    out = args.out / setting_name(noise, examples, args.steps)
     subset = examples // SMOKE_SHRINK if args.smoke else examples
     data = [f"data.label_noise={noise}", f"data.train_examples={subset}"]
     runs = {
@@ -72,11 +73,11 @@ def run_setting(args: argparse.Namespace, noise: float, examples: int, smoke: li
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0], steps=3900)
+    p = parser(__doc__.splitlines()[0], steps=2000)
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4], help="label-noise rates")
-    p.add_argument("--examples", type=int, nargs="+", default=[10000], help="training-set sizes (0 = all)")
+    p.add_argument("--examples", type=int, nargs="+", default=[5000], help="training-set sizes (0 = all)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--eval-every", type=int, default=150, help="steps between test evaluations")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
     args = p.parse_args()
     smoke = smoke_overrides(args)
     if args.smoke:

@@ -53,7 +53,7 @@ def test_regime_scripts(tmp_path: Path) -> None:
     out = smoke("noisy_labels.py", tmp_path / "noisy", "--seeds", "1", "--noise", "0.4", "--examples", "5000")
     for label in ("independent (G=2)", "codistill (G=4)", "DML (G=2)"):
         assert f"| 0.4 | 5,000 | {label} |" in out
-    assert (tmp_path / "noisy" / "noise0.4_n5000" / "eval_acc.png").exists()
+    assert (tmp_path / "noisy" / "noise0.4_n5000_20steps" / "eval_acc.png").exists()
     out = smoke("large_batch.py", tmp_path / "batch", "--seeds", "1")
     assert "| (iii) codistill, 2 groups x 16 |" in out and (tmp_path / "batch" / "steps_to_target.png").exists()
     assert "| codistill K=50 |" in smoke("long_runs.py", tmp_path / "long", "--seeds", "1")
