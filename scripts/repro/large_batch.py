@@ -78,10 +78,10 @@ def main() -> None:
         steps = steps_to(runs, args.target)
         hit = [s for s in steps if s is not None]
         points.append((b, statistics.mean(hit) if len(hit) == len(steps) else None))
-        sweep_rows.append([b, reached(steps), reached([s and s * b for s in steps]),
+        sweep_rows.append([b, reached(steps), reached([s and s * b / 1000 for s in steps]),
                            mean_std([r.final("eval/loss") for r in runs])])
-    smallest = points[0]
-    ideal = [(b, smallest[1] * smallest[0] / b) for b, _ in points] if smallest[1] else []
+    anchor = next(((b, s) for b, s in points if s is not None), None)  # the smallest batch every seed got there at
+    ideal = [(b, anchor[1] * anchor[0] / b) for b, _ in points if b >= anchor[0]] if anchor else []
     plot_xy(args.out / "steps_to_target.png", {"measured (every seed reached it)": points, "perfect scaling": ideal},
             "batch size B", f"steps to test loss {args.target:g}", log=True)
 
@@ -91,7 +91,7 @@ def main() -> None:
              mean_std([100 * r.final("eval/acc") for r in runs])] for label, runs in variants.items()]
 
     tables = (
-        markdown_table(["batch B", f"steps to test loss {args.target:g} (seeds reaching it)", "examples to it",
+        markdown_table(["batch B", f"steps to test loss {args.target:g} (seeds reaching it)", "thousand examples to it",
                         "final test loss"], sweep_rows)
         + f"\n\nAt B = {args.batch}:\n\n"
         + markdown_table(["variant", f"steps to test loss {args.target:g} (seeds reaching it)", "final test loss",
@@ -100,7 +100,8 @@ def main() -> None:
     notes = (
         f"Mean ± std over {args.seeds} seeds (of the seeds that reached the target); 2-group values are the mean of "
         f"the groups. {args.steps} steps, constant lr, test loss every {args.eval_every} steps. Plots: "
-        "steps_to_target.png (the sweep, log-log, with perfect linear scaling from the smallest batch), eval_loss.png."
+        "steps_to_target.png (the sweep, log-log, with perfect linear scaling from the smallest batch every seed "
+        "reached the target at), eval_loss.png."
     )
     report(args.out, "Large batches: steps to a target loss, and codistillation past the useful batch size", tables,
            notes)
