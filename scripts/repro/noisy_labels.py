@@ -16,8 +16,10 @@ falling: the table reports the final and the best test accuracy, the ensemble of
 groups, the plain G-way ensemble), and the agreement of its groups (1 - mean pairwise top-1 churn on the test set).
 
 A run must be long enough to memorise: 50 epochs of the subset, 2000 steps for 5k examples, 4000 for 10k (the full
-set gets ~4 epochs in 2000 steps: noise without memorisation). The default, 5k examples and 2000 steps, keeps 3
-seeds of the whole grid within about 30 minutes of one CPU core; the 10k subset doubles that.
+set gets ~4 epochs in 2000 steps: noise without memorisation). Cost at the default (5k examples, 2000 steps, 3 seeds):
+about 13 minutes of one CPU core per noise rate, half of it codistill4 (measured two runs at a time on a shared
+2-core machine); the 10k subset doubles it. To save time shrink the subset (and its steps with it) or drop
+codistill4 rather than seeds: fewer than 50 epochs would not memorise.
 Settings and variants can be chosen on the command line, so the grid can run in chunks (in parallel, each with its
 own --noise/--examples/--variants and the same --out and --steps); a chunk's table covers its own runs, and running
 the whole grid's command afterwards reuses every finished run and prints the whole table. Run directories are named
