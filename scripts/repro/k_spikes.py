@@ -88,7 +88,14 @@ def check(run: Run, overrides: list[str], steps: int) -> list[str]:
 def spikes(runs: list[Run], key: str) -> tuple[str, str]:
     """Mean ± std of the seeds' largest spike of `key`, and the steps they peak at."""
     found = [spike(r.group_curve(key)) if not r.failed else (float("nan"), None) for r in runs]
-    return mean_std([h for h, _ in found]), ", ".join(str(s) for _, s in found)
+    return mean_std([h for h, _ in found]), ", ".join("none" if s is None else str(s) for _, s in found)
+
+
+def staleness_at_evals(runs: list[Run]) -> str:
+    """The teacher staleness values the test evaluations saw (where an evaluation falls in the exchange cycle)."""
+    seen = {r["staleness"] for run in runs for r in run.records if r.get("group") is not None and "eval/loss" in r
+            and r["staleness"] >= 0}
+    return ", ".join(str(v) for v in sorted(seen)) or "n/a"
 
 
 def label(name: str) -> tuple[str, str]:
@@ -117,10 +124,10 @@ def main() -> None:
                 if found:
                     problems[f"{name} seed {r.seed}"] = found
         rows.append([*label(name), mean_std([r.final("eval/loss") for r in runs]), *spikes(runs, "eval/loss"),
-                     spikes(runs, "train/ce")[0]])
+                     spikes(runs, "train/ce")[0], staleness_at_evals(runs)])
     table = markdown_table(
         ["momentum", "K", "final test loss", "largest test-loss spike", "its step, per seed",
-         "largest train-CE spike"],
+         "largest train-CE spike", "teacher staleness at evaluations"],
         rows,
     )
     checked = sum(len(rs) for n, rs in runs_by.items() if not n.endswith("independent"))
