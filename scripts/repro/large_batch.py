@@ -8,9 +8,8 @@ experiment=regime_large_batch: a 784-256-256-10 MLP on Fashion-MNIST, SGD with m
 rate of 0.05 at every batch size (no linear scaling: the question is what a larger batch buys at the same step
 size), 1500 steps, test loss evaluated every 25 steps.
 1. The sweep: one group at each batch size B; steps (and examples) to reach the target test loss (--target, default
-   0.4; anil.py's 2000-step cosine runs end at 0.32). Where the steps stop
-   halving as B doubles, a larger batch no longer pays (Shallue et al. 2018's diminishing returns; Anil et al.'s
-   motivation).
+   0.4; anil.py's 2000-step cosine runs end at 0.32). Where the steps stop halving as B doubles, a larger batch no
+   longer pays (Shallue et al. 2018's diminishing returns; Anil et al.'s motivation).
 2. At the batch --batch B (past that point):
    (i) one group at B;
    (ii) synchronous SGD over 2 ranks of B each: one group at 2B (in simulated mode a group of R replicas computes the
