@@ -58,8 +58,18 @@ class Run:
     def final(self, key: str, group: Optional[int] = None) -> float:
         if self.failed:
             return math.nan
-        curve = self.group_curve(key, group) if not key.startswith(("ensemble/", "churn/")) else self.run_curve(key)
-        return curve[-1][1]
+        return self.curve(key, group)[-1][1]
+
+    def curve(self, key: str, group: Optional[int] = None) -> list[tuple[int, float]]:
+        """A run-level key's curve (ensemble/, churn/), else the group curve of `key`."""
+        return self.run_curve(key) if key.startswith(("ensemble/", "churn/")) else self.group_curve(key, group)
+
+    def best(self, key: str, lowest: bool = False) -> float:
+        """The best value `key` reached at any evaluated step (highest, or lowest): a peak the end may have lost."""
+        if self.failed:
+            return math.nan
+        values = [v for _, v in self.curve(key)]
+        return min(values) if lowest else max(values)
 
 
 def parser(description: str, steps: int, seeds: int = 3) -> argparse.ArgumentParser:
@@ -192,6 +202,16 @@ def first_step_reaching(curve: list[tuple[int, float]], target: float) -> Option
     return next((s for s, v in curve if v <= target), None)
 
 
+def spike(curve: list[tuple[int, float]]) -> tuple[float, Optional[int]]:
+    """The largest rise of a loss curve above its running minimum, and the step it peaks at (0, None: no rise)."""
+    lowest, height, at = math.inf, 0.0, None
+    for step, v in curve:
+        lowest = min(lowest, v)
+        if v - lowest > height:
+            height, at = v - lowest, step
+    return height, at
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -217,6 +237,27 @@ def plot_curves(
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_xy(
+    path: Path, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, log: bool = False
+) -> None:
+    """One marked line per series of (x, y) points; `log`: both axes logarithmic (base 2 on x)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, points in series.items():
+        points = sorted(p for p in points if p[1] is not None and not math.isnan(p[1]))
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    if log:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

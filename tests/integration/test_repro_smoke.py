@@ -61,3 +61,16 @@ def test_low_comm_table_has_every_method_tuned_on_held_out_training_examples(tmp
         assert f"| {label}" in out
     assert "validation loss" in (tmp_path / "tune" / "table.md").read_text()
     assert (tmp_path / "eval_loss.png").stat().st_size > 0
+
+
+def test_regime_scripts(tmp_path: Path) -> None:
+    """Noisy labels on a subset, the batch sweep, long runs and the K-spike check, one seed each."""
+    out = smoke("noisy_labels.py", tmp_path / "noisy", "--seeds", "1", "--noise", "0.4", "--examples", "5000")
+    for label in ("independent (G=2)", "codistill (G=4)", "DML (G=2)"):
+        assert f"| 0.4 | 5,000 | {label} |" in out
+    assert (tmp_path / "noisy" / "noise0.4_n5000_20steps" / "eval_acc.png").exists()
+    out = smoke("large_batch.py", tmp_path / "batch", "--seeds", "1")
+    assert "| (iii) codistill, 2 groups x 16 |" in out and (tmp_path / "batch" / "steps_to_target.png").exists()
+    assert "| codistill K=50 |" in smoke("long_runs.py", tmp_path / "long", "--seeds", "1")
+    out = smoke("k_spikes.py", tmp_path / "spikes", "--seeds", "1", "--momentum", "0.9", "--k", "5")
+    assert "all on schedule" in out and "| 0.9 | independent |" in out
