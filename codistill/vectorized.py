@@ -57,6 +57,8 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "the groups have different architectures"
     if any(True for _ in models[0].buffers()):
         return "the model has buffers (e.g. BatchNorm), whose in-place updates vmap cannot keep per group"
+    if any(isinstance(m, nn.RNNBase) for m in models[0].modules()):
+        return "the model has a recurrent layer (LSTM/GRU/RNN), for which torch.func's vmap has no batching rule"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in models[0].modules()):
         return "the model uses dropout, whose per-replica random streams the stacked step cannot reproduce"
     return None

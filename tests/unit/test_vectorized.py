@@ -50,8 +50,10 @@ def test_unsupported_configs_fall_back_to_the_loop(tmp_path: Path, caplog, overr
     assert reason in caplog.text
 
 
-def test_models_with_buffers_are_not_stacked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model, reason", [(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), "buffers"),
+                                           (nn.LSTM(4, 4), "recurrent layer")], ids=["batchnorm", "lstm"])
+def test_models_vmap_cannot_stack_run_in_the_loop(tmp_path: Path, model: nn.Module, reason: str) -> None:
     trainer = make_trainer([], tmp_path)
-    batchnorm = SimpleNamespace(model=nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
-    reason = vectorized.unsupported_reason(trainer.cfg, trainer.topo, {0: batchnorm, 1: batchnorm})
-    assert reason is not None and "buffers" in reason
+    worker = SimpleNamespace(model=model)
+    found = vectorized.unsupported_reason(trainer.cfg, trainer.topo, {0: worker, 1: worker})
+    assert found is not None and reason in found
