@@ -69,6 +69,20 @@ def test_fsdp_groups_equal_simulated_and_move_one_rth(tmp_path: Path) -> None:
 
 
 @pytest.mark.torchrun
+def test_fsdp_diloco_equals_simulated(tmp_path: Path) -> None:
+    """DiLoCo's outer step on sharded groups: each replica steps its own shard of the outer parameters."""
+    diloco = [*SCHEDULE, FSDP, "distill=diloco", "optim=adam", "optim.lr=0.01"]
+    fsdp, sim = tmp_path / "fsdp", tmp_path / "simulated"
+    job = run_torchrun(4, [*diloco, f"hydra.run.dir={fsdp}"], base=MODEL)
+    assert job.returncode == 0, job.stderr[-3000:]
+    job = run_cli([*diloco, "topology.replicas=2", f"hydra.run.dir={sim}"], base=MODEL)
+    assert job.returncode == 0, job.stderr[-3000:]
+    for g in (0, 1):
+        assert max_abs_diff(load_final(fsdp, g), load_final(sim, g)) < 1e-5
+    assert max_abs_diff(load_final(fsdp, 0), load_final(fsdp, 1)) == 0  # every group ends on the outer state
+
+
+@pytest.mark.torchrun
 def test_fsdp_bf16_trains_with_sharded_bf16_teachers(tmp_path: Path) -> None:
     """bf16 compute (FSDP2 mixed precision: bf16 gathers, float32 reduction and master weights), bf16 teacher copies
     kept sharded; close to the simulated bf16 run (both round to bf16, in different places)."""
