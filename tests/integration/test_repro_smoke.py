@@ -74,3 +74,10 @@ def test_regime_scripts(tmp_path: Path) -> None:
     assert "| codistill K=50 |" in smoke("long_runs.py", tmp_path / "long", "--seeds", "1")
     out = smoke("k_spikes.py", tmp_path / "spikes", "--seeds", "1", "--momentum", "0.9", "--k", "5")
     assert "all on schedule" in out and "| 0.9 | independent |" in out
+
+
+def test_group_failure_kills_a_group_and_reports_each_outcome(tmp_path: Path) -> None:
+    out = smoke("group_failure.py", tmp_path)
+    assert "| DiLoCo (G=2) | torchrun, 2 ranks |" in out
+    assert "| codistillation (G=2), separate jobs |" in out and "group 0 finished all 60 steps" in out
+    assert "refused before start (exit 2): `codistill: error: distill.mode=diloco needs every group" in out
