@@ -70,8 +70,14 @@ def test_fsdp_groups_equal_simulated_and_move_one_rth(tmp_path: Path) -> None:
 
 @pytest.mark.torchrun
 def test_fsdp_diloco_equals_simulated(tmp_path: Path) -> None:
-    """DiLoCo's outer step on sharded groups: each replica steps its own shard of the outer parameters."""
-    diloco = [*SCHEDULE, FSDP, "distill=diloco", "optim=adam", "optim.lr=0.01"]
+    """DiLoCo's outer step on sharded groups: each replica steps its own shard of the outer parameters and sends
+    its shard of the pseudo-gradient.
+
+    The inner optimizer is SGD, not Adam: TinyTransformer's key bias has no gradient (softmax is shift-invariant),
+    only float rounding (~1e-10), which Adam divides by its own square root into lr-sized steps whose sign depends
+    on summation order. With Adam those entries differ by ~3e-3 between any two topologies (DDP and codistill
+    included) while every loss agrees; SGD keeps the comparison about the outer step."""
+    diloco = [*SCHEDULE, FSDP, "distill=diloco"]
     fsdp, sim = tmp_path / "fsdp", tmp_path / "simulated"
     job = run_torchrun(4, [*diloco, f"hydra.run.dir={fsdp}"], base=MODEL)
     assert job.returncode == 0, job.stderr[-3000:]
@@ -79,7 +85,10 @@ def test_fsdp_diloco_equals_simulated(tmp_path: Path) -> None:
     assert job.returncode == 0, job.stderr[-3000:]
     for g in (0, 1):
         assert max_abs_diff(load_final(fsdp, g), load_final(sim, g)) < 1e-5
-    assert max_abs_diff(load_final(fsdp, 0), load_final(fsdp, 1)) == 0  # every group ends on the outer state
+    # an outer step before steps 0-5, 10, 15, 20; each rank sends half of its group's float32 pseudo-gradient
+    total = sum(t.numel() for t in load_final(fsdp, 0).values())  # no buffers
+    assert all(len(re.findall(r"exchange at step \d+: sent", t)) == 9 for t in rank_logs(fsdp))
+    assert sent_bytes(fsdp) == {total * 4 // 2}
 
 
 @pytest.mark.torchrun
