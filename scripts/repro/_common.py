@@ -39,6 +39,11 @@ class Run:
     failed: Optional[str] = None  # why the run stopped early (e.g. a non-finite loss); its numbers are NaN
 
     @property
+    def seconds(self) -> float:
+        """Training time of the run as its metrics recorded it (0 for a stopped run)."""
+        return max((r.get("time_s", 0.0) for r in self.records), default=0.0)
+
+    @property
     def failure(self) -> str:
         """The failure in a few words for a table cell: "loss not finite at step 2500", or the error's start."""
         found = re.search(r"not finite at step (\d+)", self.failed or "")
@@ -186,6 +191,11 @@ def bytes_per_step(run: Run, steps: int) -> float:
     else:
         values = (G - 1) * state * size(d["teacher_dtype"]) * len(exchanges)
     return values / steps + 4 * 2 * (R - 1) / R * params
+
+
+def minutes(*groups: Sequence[Run]) -> str:
+    """Summed training time of the runs, in minutes (as measured, on however busy a machine)."""
+    return f"{sum(r.seconds for runs in groups for r in runs) / 60:.0f}"
 
 
 def mean_std(values: Sequence[float]) -> str:

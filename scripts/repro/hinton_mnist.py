@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from _common import (
-    Run, cell, finished, markdown_table, mean_std, parser, plot_curves, report, run_variant, smoke_overrides,
+    Run, cell, finished, markdown_table, mean_std, minutes, parser, plot_curves, report, run_variant, smoke_overrides,
 )
 
 from codistill.tools import checkpoints
@@ -88,7 +88,8 @@ def table_part(args, base: list[str], n_test: int, eval_every: int) -> list[Run]
     table = markdown_table(["model", f"test errors (of {n_test})", "paper"], rows)
     notes = (f"{ordering_claim(teachers, students, distilled, n_test)} Mean ± std over the finished seeds of "
              f"{args.seeds}, {args.steps} steps of batch 128, cosine LR; each distilled student learns from its own "
-             "seed's teacher. Curves: eval_acc.png.")
+             f"seed's teacher. Training time of these runs: {minutes(teachers, students, distilled)} min in all (one "
+             "CPU thread each, two or three at a time on 2 cores). Curves: eval_acc.png.")
     plot_curves(args.out / "eval_acc.png", {"teacher": teachers, "student": students, "distilled": distilled},
                 "eval/acc", "test accuracy")
     report(args.out, "Hinton et al. 2015: distilling an MNIST teacher into a smaller student", table, notes)
@@ -153,7 +154,8 @@ def temperature_part(args, base: list[str], teachers: list[Run], n_test: int, ev
     best = {size: min(TEMPERATURES, key=lambda T: _mean(runs[(size, T)], errs)) for size in STUDENTS}
     notes = (f"Fewest test errors: T = {best['800 units']:g} for 800 units, T = {best['30 units']:g} for 30 units "
              f"(paper: above T = 8 similar for >= 300 units; 2.5-4 clearly better for 30 units). Teacher: seed "
-             f"{teacher.seed}'s; {args.steps} steps, mean over the finished of {args.seeds} seed(s). Curves: eval_acc.png.")
+             f"{teacher.seed}'s; {args.steps} steps, mean over the finished of {args.seeds} seed(s); training time "
+             f"{minutes(*runs.values())} min in all. Curves: eval_acc.png.")
     plot_curves(args.out / "temperature" / "eval_acc.png",
                 {f"{size}, T={T:g}": rs for (size, T), rs in runs.items()}, "eval/acc", "test accuracy")
     report(args.out / "temperature", "Hinton et al. 2015: the distillation temperature", table, notes)
