@@ -14,7 +14,7 @@ codistillation keeps its burn-in (10% of the steps).
 
 Tuning, never on the test set: every run of the experiment keeps data.validation_examples of the training split out
 of training (5,000 for fmnist, with their clean labels; 1,024 windows for kjv); one seed of each grid point is scored
-on them (data.eval_split=validation). Grid: DiLoCo outer lr {0.5, 0.7, 1.0} at momentum 0.9;
+on them (data.eval_split=validation). Grid: DiLoCo outer lr {0.1, 0.3, 0.5, 0.7, 1.0} at momentum 0.9;
 codistillation alpha {0.5, 1} at G = 2 (G = 4 reuses it). The lowest validation loss wins; the table's runs then use
 the winners on every seed and are scored on the test split.
 
@@ -43,7 +43,7 @@ TASKS = {  # name -> (experiment overrides, smoke overrides)
                          "data.eval_examples=64",
                          "trainer.batch_size=8", "distill.exchange_every=5"]),
 }
-DILOCO_LRS = (0.5, 0.7, 1.0)
+DILOCO_LRS = (0.1, 0.3, 0.5, 0.7, 1.0)
 ALPHAS = (0.5, 1.0)
 
 
@@ -55,10 +55,10 @@ def variants(outer_lr: float, alpha: float, outer_dtype: str, group_batch: int, 
         "sync": ("synchronous SGD (DDP, 2 ranks)", ["distill=none", "topology.groups=1", "topology.replicas=2",
                                                     f"trainer.batch_size={2 * group_batch}"]),
         "local_sgd": (f"local SGD (G=2, H={H})", ["distill=average", *local]),
-        "diloco": (f"DiLoCo (G=2, H={H}, outer lr {outer_lr})",
+        f"diloco_lr{outer_lr:g}": (f"DiLoCo (G=2, H={H}, outer lr {outer_lr})",
                    ["distill=diloco", *local, f"distill.outer_optim.lr={outer_lr}", f"distill.outer_dtype={outer_dtype}"]),
-        "codistill_g2": (f"codistillation (G=2, K={H}, alpha {alpha})", ["topology.groups=2", f"distill.alpha={alpha}"]),
-        "codistill_g4": (f"codistillation (G=4, K={H}, alpha {alpha})", ["topology.groups=4", f"distill.alpha={alpha}"]),
+        f"codistill_g2_alpha{alpha:g}": (f"codistillation (G=2, K={H}, alpha {alpha})", ["topology.groups=2", f"distill.alpha={alpha}"]),
+        f"codistill_g4_alpha{alpha:g}": (f"codistillation (G=4, K={H}, alpha {alpha})", ["topology.groups=4", f"distill.alpha={alpha}"]),
     }
 
 
@@ -85,6 +85,8 @@ def main() -> None:
                    help="dtype DiLoCo's pseudo-gradients travel in")
     args = p.parse_args()
     base, smoke = TASKS[args.task]
+    if args.out == p.get_default("out"):
+        args.out = args.out / args.task  # the tasks' runs must not share directories (finished runs are reused)
     if args.task == "kjv_transformer":
         sys.path.insert(0, str(TRANSFORMER))  # the model's package, for the runs and for rebuilding checkpoints
     if args.smoke:
