@@ -66,34 +66,27 @@ def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = Non
 
     split="validation": the training examples the run kept out (data.validation_examples) instead of data.eval.
     """
-    if split == "validation":
-        count = data.get("validation_examples", 0)
-        if not count:
-            raise CheckpointError("the run kept no validation examples (data.validation_examples=0): use the test split")
-        node = OmegaConf.create(data["train"])
-        if root is not None:
-            node.root = root
-        try:
-            train = instantiate.build(node, "data.train")
-            collate = instantiate.optional_build(data.get("collate_fn"), "data.collate_fn")
-        except ConfigError as e:
-            raise CheckpointError(str(e)) from None
-        return HeldOut(f"{node.get('_target_')} (validation)", IndexedDataset(train, validation_indices(len(train), count)),
-                       collate)
     if preset is not None:
         path = DATA_PRESETS / f"{preset}.yaml"
         if not path.is_file():
             names = ", ".join(sorted(p.stem for p in DATA_PRESETS.glob("*.yaml")))
             raise CheckpointError(f"data preset {preset!r} does not exist: choose one of {names}")
         data = OmegaConf.to_container(OmegaConf.create({"data": OmegaConf.load(path)}).data, resolve=True)
-    node = OmegaConf.create(data["eval"])
+    count = data.get("validation_examples", 0)
+    if split == "validation" and not count:
+        raise CheckpointError("the run kept no validation examples (data.validation_examples=0): use the test split")
+    key = "train" if split == "validation" else "eval"
+    node = OmegaConf.create(data[key])
     if root is not None:
         node.root = root
     try:
-        dataset = instantiate.build(node, "data.eval")
+        dataset = instantiate.build(node, f"data.{key}")
         collate = instantiate.optional_build(data.get("collate_fn"), "data.collate_fn")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    if split == "validation":
+        return HeldOut(f"{node.get('_target_')} (validation)",
+                       IndexedDataset(dataset, validation_indices(len(dataset), count)), collate)
     return HeldOut(str(node.get("_target_")), dataset, collate)
 
 
