@@ -7,6 +7,10 @@ runs it in one process (simulated workers) or under torchrun.
 
 __version__ = "0.1.0"
 
+from codistill import _legacy_paths
+
+_legacy_paths.install()
+
 
 def __getattr__(name: str):  # noqa: ANN202
     """`codistill.fit` (codistill/api.py), imported on first use so that `import codistill` stays light."""

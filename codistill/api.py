@@ -23,11 +23,11 @@ from omegaconf import open_dict
 from torch import nn
 from torch.utils.data import Dataset
 
-from codistill import cohort
-from codistill.components import Components, data_from_config, training_data
+from codistill.components import cohort
+from codistill.components.registry import Components, data_from_config, training_data
 from codistill.compose import compose_config
 from codistill.config import ConfigError
-from codistill.instantiate import OBJECT_KEY
+from codistill.components.instantiate import OBJECT_KEY
 from codistill.train import RunError, train
 
 

@@ -173,7 +173,7 @@ class Config:
     # {_target_: import path of a callable returning an nn.Module, **its arguments}; see conf/model/*.yaml
     model: Any = None
     # Heterogeneous cohorts: group g trains model_per_group[g], a conf/model preset name or a model mapping with
-    # _target_; empty = every group trains `model`. See codistill/cohort.py.
+    # _target_; empty = every group trains `model`. See codistill/components/cohort.py.
     model_per_group: list[Any] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -187,7 +187,7 @@ class Config:
 
 
 MODES = ("none", "codistill", "dml", "kd", "average", "diloco")
-OUTER_MODES = ("average", "diloco")  # the groups' states are replaced by an outer step (codistill/outer.py)
+OUTER_MODES = ("average", "diloco")  # the groups' states are replaced by an outer step (codistill/engine/outer.py)
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
 EXCHANGES = ("collective", "filesystem")
@@ -308,7 +308,7 @@ def validate(cfg: Any, replicas: int) -> None:
         _check(Path(dist.teacher_checkpoint).is_file(), f"distill.teacher_checkpoint={dist.teacher_checkpoint} does not exist")
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.stop_check_every >= 1, f"trainer.stop_check_every={tr.stop_check_every} must be >= 1")
-    from codistill.preemption import parse_signals  # here: it imports ConfigError from this module
+    from codistill.distributed.preemption import parse_signals  # here: it imports ConfigError from this module
 
     parse_signals(tr.preempt_signals)
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")

@@ -27,17 +27,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from codistill import checkpoint, cohort, sharding
-from codistill.components import Components, from_config
-from codistill.data import DataFormatError
-from codistill.checkpoint import StorageError
+from codistill.components import cohort
+
+from codistill.distributed import sharding
+
+from codistill.io import checkpoint
+from codistill.components.registry import Components, from_config
+from codistill.components.data import DataFormatError
+from codistill.io.checkpoint import StorageError
 from codistill.config import ConfigError, installed, register_configs, validate
-from codistill.exchange import filesystem
-from codistill.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
-from codistill.reporting import setup_logging
+from codistill.distributed.exchange import filesystem
+from codistill.distributed.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
+from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
-from codistill.topology import StartupError, Topology, launched_by_torchrun, resolve_layout
-from codistill.trainer import NonFiniteLossError, Trainer
+from codistill.distributed.topology import StartupError, Topology, launched_by_torchrun, resolve_layout
+from codistill.engine.trainer import NonFiniteLossError, Trainer
 
 
 @functools.lru_cache(maxsize=None)

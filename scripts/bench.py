@@ -80,16 +80,16 @@ from torch import nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from codistill import cohort  # noqa: E402
-from codistill.components import Components, from_config, training_data  # noqa: E402
+from codistill.components.registry import Components, from_config, training_data  # noqa: E402
 from codistill.compose import compose_config  # noqa: E402
 from codistill.config import validate  # noqa: E402
-from codistill.data.pipeline import TrainingData, fetch  # noqa: E402
-from codistill.exchange import CollectiveExchange  # noqa: E402
-from codistill.optim import build_optimizer  # noqa: E402
-from codistill.precision import PRECISIONS  # noqa: E402
-from codistill.topology import Topology, resolve_layout  # noqa: E402
-from codistill.trainer import Trainer  # noqa: E402
-from codistill.worker import GroupWorker  # noqa: E402
+from codistill.components.data.pipeline import TrainingData, fetch  # noqa: E402
+from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
+from codistill.engine.optim import build_optimizer  # noqa: E402
+from codistill.engine.precision import PRECISIONS  # noqa: E402
+from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
+from codistill.engine.trainer import Trainer  # noqa: E402
+from codistill.engine.worker import GroupWorker  # noqa: E402
 
 DataFactory = Callable[[DictConfig], TrainingData]  # the run's config -> its training data
 

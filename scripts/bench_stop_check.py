@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import build, interleaved, worst_over_ranks  # noqa: E402
 
 from codistill.compose import compose_config  # noqa: E402
-from codistill.topology import Topology, resolve_layout  # noqa: E402
+from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ names, divisibility by the world size) are checked next, with a one-line error n
 
 Components — `model`, `model_per_group` entries, `data.train`, `data.eval`, `data.collate_fn` — are built by import
 path: `_target_` names any callable (a class or a function) and the section's other keys are its keyword arguments.
-The presets are such sections (`model=mlp` is `conf/model/mlp.yaml`: `_target_: codistill.models.MLP`, ...); a
+The presets are such sections (`model=mlp` is `conf/model/mlp.yaml`: `_target_: codistill.components.models.MLP`, ...); a
 user's components take the same path (README, "Your own model and data"). On the command line, an argument the
 chosen preset does not already have needs a leading `+` (`+model.width=64`); `model=custom` starts from an empty
 model section. Their import path and arguments are checked before any process group starts.

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
-from codistill.components import from_config
+from codistill.components.registry import from_config
 from codistill.compose import compose_config
 from codistill.config import validate
-from codistill.topology import Topology, resolve_layout
-from codistill.trainer import Trainer
+from codistill.distributed.topology import Topology, resolve_layout
+from codistill.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, fast defaults for tests: synthetic data, tiny MLP.

@@ -14,11 +14,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import checkpoint, cohort, instantiate
+from codistill.components import cohort, instantiate
+
+from codistill.io import checkpoint
 from codistill.config import ConfigError
-from codistill.data.base import IndexedDataset
-from codistill.data.pipeline import DataFormatError, fetch, validation_indices
-from codistill.logits import as_logits
+from codistill.components.data.base import IndexedDataset
+from codistill.components.data.pipeline import DataFormatError, fetch, validation_indices
+from codistill.engine.logits import as_logits
 
 DATA_PRESETS = Path(__file__).resolve().parents[1] / "conf" / "data"
 

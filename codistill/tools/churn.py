@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from codistill import metrics
+from codistill.io import metrics
 from codistill.tools.checkpoints import DATA_PRESETS, CheckpointError, held_out, predict_probs, read, rebuild, same_data
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from codistill import metrics
+from codistill.io import metrics
 from codistill.tools.checkpoints import CheckpointError, held_out, load, predict_probs, read, same_data
 
 

@@ -21,8 +21,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import cohort, instantiate
-from codistill.checkpoint import atomic_save
+from codistill.components import cohort, instantiate
+from codistill.io.checkpoint import atomic_save
 from codistill.tools.checkpoints import CheckpointError, held_out, read, rebuild
 
 log = logging.getLogger("codistill")

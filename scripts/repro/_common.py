@@ -174,7 +174,7 @@ def bytes_per_step(run: Run, steps: int) -> float:
     import torch
     from omegaconf import OmegaConf
 
-    from codistill.algorithm import Schedule
+    from codistill.engine.algorithm import Schedule
     from codistill.tools import checkpoints
 
     ckpt = checkpoints.read(run.run_dir / "checkpoints" / "group0" / "final.pt")

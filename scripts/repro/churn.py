@@ -17,7 +17,7 @@ from itertools import combinations
 
 from _common import REPO, markdown_table, mean_std, parser, report, run_variant, smoke_overrides, test_probs
 
-from codistill.metrics import churn
+from codistill.io.metrics import churn
 
 VARIANTS = {"baseline (independent)": ("baseline", ["distill=none"]),
             "codistill K=50 shared": ("shared", ["distill.exchange_every=50"])}

@@ -9,7 +9,7 @@ burn-in 200, 2 groups on shared data, alpha = 1, T = 1), with the test set and t
 50 steps so that a spike is resolved. The groups step one by one, as in anil.py, so the momentum 0.9, K = 10 runs
 are anil.py's K = 10 runs.
 (a) Bug check, on every codistillation run: the steps the trainer logged "exchange at step N" for (its debug lines,
-    switched on here) must be the steps the schedule (codistill.algorithm.Schedule) names; the teacher staleness
+    switched on here) must be the steps the schedule (codistill.engine.algorithm.Schedule) names; the teacher staleness
     in every record must be the steps since the last of them; the learning rate in every record must be the cosine
     schedule's at that step. Mismatches are listed under the table; "all on schedule" otherwise.
 (b) Dynamics: momentum 0 and 0.9 (at the same lr: momentum 0 takes ~10x smaller effective steps) x K = 5, 10, 20,
@@ -31,9 +31,9 @@ import torch
 from _common import (Run, markdown_table, mean_std, parser, plot_curves, report, run_variant, smoke_overrides,
                      spike)
 
-from codistill.algorithm import Schedule
+from codistill.engine.algorithm import Schedule
 from codistill.compose import compose_config
-from codistill.optim import build_schedule
+from codistill.engine.optim import build_schedule
 
 EXCHANGE_LINE = re.compile(r"exchange at step (\d+)$")
 

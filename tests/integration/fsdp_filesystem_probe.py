@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from codistill.components import from_config
+from codistill.components.registry import from_config
 from codistill.config import validate
-from codistill.topology import Topology, resolve_layout
-from codistill.trainer import Trainer
+from codistill.distributed.topology import Topology, resolve_layout
+from codistill.engine.trainer import Trainer
 from tests.helpers import make_config
 
 

@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from codistill.exchange import CollectiveExchange  # noqa: E402
-from codistill.components import from_config  # noqa: E402
-from codistill.topology import Topology, resolve_layout  # noqa: E402
-from codistill.trainer import Trainer  # noqa: E402
+from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
+from codistill.components.registry import from_config  # noqa: E402
+from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
+from codistill.engine.trainer import Trainer  # noqa: E402
 from tests.helpers import make_config  # noqa: E402
 
 

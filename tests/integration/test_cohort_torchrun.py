@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import load_final, max_abs_diff, run_cli, run_torchrun
 
 ARGS = [
-    "model_per_group=[hinton_tiny,{_target_:codistill.models.MLP,input_shape:[32],num_classes:10,hidden:[48,24]}]", "trainer.max_steps=12", "distill.burn_in_steps=3",
+    "model_per_group=[hinton_tiny,{_target_:codistill.components.models.MLP,input_shape:[32],num_classes:10,hidden:[48,24]}]", "trainer.max_steps=12", "distill.burn_in_steps=3",
     "distill.exchange_every=3", "topology.groups=2",
 ]
 

@@ -18,8 +18,8 @@ from typing import Sequence
 import pytest
 import torch
 
-from codistill.data import fashion_mnist, kjv_chars
-from codistill.data.cache import cache_dir
+from codistill.components.data import fashion_mnist, kjv_chars
+from codistill.components.data.cache import cache_dir
 from tests.helpers import REPO, clean_env, load_final, max_abs_diff
 
 RESNET, TRANSFORMER = REPO / "examples" / "fmnist_resnet", REPO / "examples" / "char_transformer"

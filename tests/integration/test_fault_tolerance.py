@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 
 import pytest
 
-from codistill import checkpoint
-from codistill.preemption import EXIT_PREEMPTED
-from codistill.topology import resolve_layout
+from codistill.io import checkpoint
+from codistill.distributed.preemption import EXIT_PREEMPTED
+from codistill.distributed.topology import resolve_layout
 from tests.helpers import FAST, REPO, clean_env, load_final, make_config, max_abs_diff, run_torchrun
 
 pytestmark = pytest.mark.torchrun

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from codistill.exchange.filesystem import snapshot_steps
+from codistill.distributed.exchange.filesystem import snapshot_steps
 from tests.helpers import REPO, USER, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
 
 MODEL = [*USER, "model=tiny_transformer", "logger.plots=false"]

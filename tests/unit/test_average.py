@@ -1,4 +1,4 @@
-"""The outer step (codistill/outer.py): distill.mode=average (post-local SGD) leaves every group at the groups' mean,
+"""The outer step (codistill/engine/outer.py): distill.mode=average (post-local SGD) leaves every group at the groups' mean,
 distill.mode=diloco steps the outer parameters with SGD + Nesterov momentum, and average is diloco at lr 1."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill.algorithm import Schedule
+from codistill.engine.algorithm import Schedule
 from codistill.config import ConfigError, validate
 from tests.helpers import make_config, make_trainer
 

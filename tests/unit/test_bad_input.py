@@ -13,7 +13,7 @@ import torch
 
 from codistill import train
 from codistill.config import ConfigError, register_configs
-from codistill.topology import resolve_layout
+from codistill.distributed.topology import resolve_layout
 from tests.helpers import ANY_MODEL, REPO, make_config, run_torchrun
 
 SHORT = ["trainer.max_steps=10", "distill.burn_in_steps=2", "logger.plots=false"]
@@ -48,7 +48,7 @@ def unwritable_output(tmp_path: Path) -> list[str]:
 
 
 def shared_exchange(tmp_path: Path) -> list[str]:
-    from codistill.exchange.filesystem import claim
+    from codistill.distributed.exchange.filesystem import claim
 
     claim(tmp_path / "ex", "another-run-0123456789ab")
     return ["distill.exchange=filesystem", f"distill.exchange_dir={tmp_path / 'ex'}"]
@@ -74,7 +74,7 @@ CASES = {
     "unknown_data": (["data=imagenet"], "imagenet"),
     # a user's components (tests/user_components.py), by import path
     "model_path_does_not_resolve": (["model._target_=nowhere.nets.Net"], "model._target_=nowhere.nets.Net does not resolve"),
-    "model_rejects_its_arguments": (["+model.widths=[3]"], "codistill.models.MLP rejects its arguments"),
+    "model_rejects_its_arguments": (["+model.widths=[3]"], "codistill.components.models.MLP rejects its arguments"),
     "data_path_does_not_resolve": (["data.train._target_=tests.user_components.Nope"], "data.train._target_="),
     "samples_not_pairs": (USER_DATA + ["data.train._target_=tests.user_components.Triples"],
                           "samples must be (input, target) pairs"),
@@ -141,7 +141,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path: Path, capsys) -> None
         train.run(make_config(["topology.mode=simulated", *SHORT, "optim.lr=1e6", "trainer.checkpoint_every=1",
                                "trainer.log_every=1"]), tmp_path)
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codistill: error:")]
-    from codistill import checkpoint
+    from codistill.io import checkpoint
 
     kept = checkpoint.complete_checkpoints(tmp_path / "checkpoints")
     if kept:  # every sealed checkpoint holds finite parameters, and the message names the newest

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill import metrics
+from codistill.io import metrics
 from codistill.tools import churn as churn_tool
 from tests.helpers import make_trainer
 
@@ -70,7 +70,7 @@ def test_churn_command_between_two_checkpoints(tmp_path: Path, capsys) -> None:
     probs = torch.stack([w.predict_probs(x) for w in trainer.workers.values()])
     top1, l1 = metrics.churn(probs[0], probs[1])
     assert got["top1"] == pytest.approx(top1) and got["prob_l1"] == pytest.approx(l1, rel=1e-5)
-    assert got["examples"] == 128 and got["dataset"] == "codistill.data.synthetic.dataset"
+    assert got["examples"] == 128 and got["dataset"] == "codistill.components.data.synthetic.dataset"
     churn_tool.main([str(a), str(a), "--examples", "128"])
     assert "top-1 disagreement   0.0000" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill import cohort
+from codistill.components import cohort
 from codistill.config import ConfigError, validate
 from tests.helpers import ANY_MODEL, make_config, make_trainer
 
@@ -26,7 +26,7 @@ def test_hinton_presets() -> None:
     assert (cfg.model.dropout, cfg.model.input_dropout) == (0.5, 0.2)
 
 
-MLP16 = "{_target_:codistill.models.MLP,input_shape:[32],num_classes:10,hidden:[16]}"
+MLP16 = "{_target_:codistill.components.models.MLP,input_shape:[32],num_classes:10,hidden:[16]}"
 
 
 def test_heterogeneous_cohort_trains_each_groups_model(tmp_path: Path) -> None:
@@ -50,9 +50,9 @@ def test_heterogeneous_cohort_trains_each_groups_model(tmp_path: Path) -> None:
     [
         (["model_per_group=[hinton_tiny]"], "lists 1 models for topology.groups=2"),
         (["model_per_group=[hinton_tiny,nope]"], "model preset 'nope' does not exist"),
-        (["model_per_group=[hinton_tiny,{_target_:codistill.models.MLP,widths:[3]}]"],
-         r"model_per_group\[1\]._target_=codistill.models.MLP rejects its arguments"),
-        (["model._target_=codistill.models.Nope"], "model._target_=codistill.models.Nope does not resolve"),
+        (["model_per_group=[hinton_tiny,{_target_:codistill.components.models.MLP,widths:[3]}]"],
+         r"model_per_group\[1\]._target_=codistill.components.models.MLP rejects its arguments"),
+        (["model._target_=codistill.components.models.Nope"], "model._target_=codistill.components.models.Nope does not resolve"),
     ],
 )
 def test_bad_cohorts_are_one_line_config_errors(overrides: list[str], message: str) -> None:

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import codistill
-from codistill.algorithm import loss_from_logits
-from codistill.data.pipeline import Labels, LoaderOptions, TrainingData, TrainSetOptions
-from codistill.data.streams import GroupStream
-from codistill.logits import ModelOutputError, as_logits
-from codistill import metrics
+from codistill.engine.algorithm import loss_from_logits
+from codistill.components.data.pipeline import Labels, LoaderOptions, TrainingData, TrainSetOptions
+from codistill.components.data.streams import GroupStream
+from codistill.engine.logits import ModelOutputError, as_logits
+from codistill.io import metrics
 from codistill.tools import evaluate
 from codistill.train import RunError
 from tests.helpers import USER, make_trainer

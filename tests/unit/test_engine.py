@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from codistill.algorithm import Schedule, codistill_loss
+from codistill.engine.algorithm import Schedule, codistill_loss
 from tests.helpers import make_trainer
 
 BURN_IN, K = 6, 4

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from codistill.config import ConfigError
-from codistill.exchange.filesystem import ExchangeWriteError, claim, snapshot_steps
+from codistill.distributed.exchange.filesystem import ExchangeWriteError, claim, snapshot_steps
 from tests.helpers import make_trainer
 
 ARGS = ["distill.exchange=filesystem", "distill.burn_in_steps=0", "trainer.max_steps=40", "logger.plots=false"]
@@ -62,7 +62,7 @@ def test_bad_snapshots_are_rejected_and_the_previous_copy_kept(tmp_path: Path, d
         m = json.loads(manifest.read_text())
         m["run_id" if damage == "foreign_run" else "signature"] = "someone-else"
         manifest.write_text(json.dumps(m))
-    with caplog.at_level(logging.WARNING, logger="codistill.exchange.filesystem"):
+    with caplog.at_level(logging.WARNING, logger="codistill.distributed.exchange.filesystem"):
         publish(a, 6)
         publish(a, 8)  # the same bad snapshot is not reported twice
     rejections = [r for r in caplog.records if "rejected snapshot" in r.getMessage()]
@@ -81,7 +81,7 @@ def test_old_snapshots_are_pruned_and_a_restart_drops_its_future(tmp_path: Path)
     assert not list(folder.glob("*.tmp"))
     a.close()
     # A job that restarts at step 2 removes its snapshot of step 3: no peer may read a state it will not reach.
-    from codistill.exchange.filesystem import FilesystemExchange
+    from codistill.distributed.exchange.filesystem import FilesystemExchange
 
     FilesystemExchange.for_run(a.cfg, a.topo, a.run_dir, a.workers, [a.workers[0].flattener.numel] * 2, 2).close()
     assert snapshot_steps(folder) == [2]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill import cohort
+from codistill.components import cohort
 from codistill.config import ConfigError, validate
-from codistill.instantiate import build
+from codistill.components.instantiate import build
 from tests.helpers import make_config, make_trainer, run_cli
 
 

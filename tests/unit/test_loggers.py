@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codistill.loggers import ProgressBar, open_sinks, run_id
+from codistill.io.loggers import ProgressBar, open_sinks, run_id
 from tests.helpers import make_config, make_trainer
 
 SHORT = ["trainer.max_steps=6", "distill.burn_in_steps=2", "distill.exchange_every=2", "trainer.log_every=3",

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codistill.losses import distill_loss, kl_to_probs
+from codistill.engine.losses import distill_loss, kl_to_probs
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0, 20.0])

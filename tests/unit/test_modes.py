@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codistill.algorithm import codistill_loss
-from codistill.losses import distill_loss
+from codistill.engine.algorithm import codistill_loss
+from codistill.engine.losses import distill_loss
 from tests.helpers import make_trainer, max_abs_diff
 
 

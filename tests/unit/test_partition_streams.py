@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codistill.data import GroupStream
+from codistill.components.data import GroupStream
 
 
 def _epoch(stream: GroupStream, replicas: int) -> np.ndarray:

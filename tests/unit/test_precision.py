@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill.worker import micro_batches
+from codistill.engine.worker import micro_batches
 from tests.helpers import ANY_MODEL, make_trainer
 
 SHORT = ["trainer.max_steps=8", "distill.burn_in_steps=2", "distill.exchange_every=2", "logger.plots=false"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill.data import DataMissingError, kjv_chars, mnist
+from codistill.components.data import DataMissingError, kjv_chars, mnist
 from tests.helpers import ANY_MODEL, make_trainer
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill import checkpoint
+from codistill.io import checkpoint
 from tests.helpers import FAST, USER, make_trainer
 
 # Exchanges before steps 5, 6, 12, 18, 24, ...: the copies at step 20 come from step 18, so the resumed run must

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from codistill import sharding
+from codistill.distributed import sharding
 from codistill.config import ConfigError, validate
 from tests.helpers import USER, make_config
 from tests.user_components import AttentionBlock, DictNet, TinyTransformer

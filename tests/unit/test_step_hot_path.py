@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codistill.algorithm import codistill_loss
-from codistill.losses import kl_to_probs
+from codistill.engine.algorithm import codistill_loss
+from codistill.engine.losses import kl_to_probs
 from tests.helpers import make_trainer
 
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill import checkpoint
+from codistill.io import checkpoint
 from codistill.tools import evaluate, export, plot
 from tests.helpers import make_trainer
 
@@ -74,7 +74,7 @@ def test_export_is_a_plain_model_and_a_program(run_dir: Path, tmp_path: Path) ->
     assert set(plain) == {"state_dict", "model_config", "input_shape", "input_dtype", "trained_steps", "group"}
     assert plain["input_shape"] == [32] and plain["input_dtype"] == "float32"
     model = export.load_model(written["model"])
-    assert type(model).__module__ == "codistill.models.mlp" and not model.training
+    assert type(model).__module__ == "codistill.components.models.mlp" and not model.training
     original = checkpoint.load(ckpt(run_dir, 0))["model"]
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
     program = torch.export.load(written["program"]).module()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from codistill.data.pipeline import DataFormatError, Labels, TrainingData, TrainSetOptions, jitter, validation_indices
-from codistill.data.streams import GroupStream
+from codistill.components.data.pipeline import DataFormatError, Labels, TrainingData, TrainSetOptions, jitter, validation_indices
+from codistill.components.data.streams import GroupStream
 from codistill.tools import evaluate
 from codistill.tools.checkpoints import CheckpointError, shift_logits
 from tests.helpers import USER, make_trainer, run_cli

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from codistill import vectorized
+from codistill.engine import vectorized
 
 from tests.helpers import make_trainer
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from codistill.data import fashion_mnist
+from codistill.components.data import fashion_mnist
 from fmnist_resnet.pgm import write_pgm
 
 

@@ -21,22 +21,28 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill import checkpoint, cohort, metrics, sharding, vectorized
-from codistill.algorithm import Schedule
-from codistill.components import Components
+from codistill.components import cohort
+
+from codistill.distributed import sharding
+
+from codistill.engine import vectorized
+
+from codistill.io import checkpoint, metrics
+from codistill.engine.algorithm import Schedule
+from codistill.components.registry import Components
 from codistill.config import ConfigError
-from codistill.data.pipeline import DataFormatError, Labels, to_device
-from codistill.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
-from codistill.kd import FixedTeacher, load_teacher
-from codistill.logits import ModelOutputError, as_logits
-from codistill.loggers import open_sinks
-from codistill.outer import OuterStep
-from codistill.precision import TEACHER_DTYPES
-from codistill.preemption import Preempted, StopFlag
-from codistill.reporting import format_progress
-from codistill.teachers import TeacherPool
-from codistill.topology import Topology
-from codistill.worker import GroupWorker, shard_teacher
+from codistill.components.data.pipeline import DataFormatError, Labels, to_device
+from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
+from codistill.engine.kd import FixedTeacher, load_teacher
+from codistill.engine.logits import ModelOutputError, as_logits
+from codistill.io.loggers import open_sinks
+from codistill.engine.outer import OuterStep
+from codistill.engine.precision import TEACHER_DTYPES
+from codistill.distributed.preemption import Preempted, StopFlag
+from codistill.io.reporting import format_progress
+from codistill.engine.teachers import TeacherPool
+from codistill.distributed.topology import Topology
+from codistill.engine.worker import GroupWorker, shard_teacher
 
 log = logging.getLogger("codistill")
 
@@ -88,7 +94,7 @@ class Trainer:
             return components.models[group]()
 
         self.sharded = sharding.enabled(cfg, topo)
-        if self.sharded:  # replica r exchanges shard r of every group's state (codistill/sharding.py)
+        if self.sharded:  # replica r exchanges shard r of every group's state (codistill/distributed/sharding.py)
             with torch.device("meta"):
                 state_sizes = [sharding.local_state_size(build(g), topo.replicas, topo.layout.replica)
                                for g in range(topo.groups)]
@@ -109,7 +115,7 @@ class Trainer:
         for w in self.workers.values():
             w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
-        # average, diloco: the outer parameters and their optimizer (codistill/outer.py)
+        # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
         first = next(iter(self.workers.values()))
         self.outer = OuterStep(d, first.model, first.flattener, topo.device) if self.schedule.averaging else None
         self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)

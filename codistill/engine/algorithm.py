@@ -18,7 +18,7 @@ initialisation, as DDP starts every rank from rank 0's), before every step up to
 step: with SGD and momentum this is synchronous SGD over all groups' batches, the warm-up phase), then every K steps.
 
 `distill.mode=diloco` (Douillard et al. 2023, "DiLoCo: Distributed Low-Communication Training of Language Models")
-runs on the same schedule and the same code (codistill/outer.py): at each exchange an outer SGD with Nesterov
+runs on the same schedule and the same code (codistill/engine/outer.py): at each exchange an outer SGD with Nesterov
 momentum steps the outer parameters along the groups' mean change since the last exchange; `average` is that step
 with lr 1 and no momentum. DiLoCo starts from a warm model and has no every-step phase, so its preset sets
 burn_in_steps=0 (exchange before step 0, then every H = K steps); a positive burn_in_steps gives it average's
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from codistill.config import OUTER_MODES
-from codistill.logits import as_logits
-from codistill.losses import distill_loss
+from codistill.engine.logits import as_logits
+from codistill.engine.losses import distill_loss
 
 
 DEFAULT_BURN_IN = 0.1  # of trainer.max_steps, when distill.burn_in_steps is null

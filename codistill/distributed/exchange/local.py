@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from codistill.exchange.base import Snapshot
+from codistill.distributed.exchange.base import Snapshot
 
 
 class LocalExchange:

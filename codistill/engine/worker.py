@@ -19,18 +19,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codistill.algorithm import LossParts, Schedule, loss_from_logits
-from codistill.data import GroupStream
-from codistill.data.pipeline import TrainingData, to_device
+from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
+from codistill.components.data import GroupStream
+from codistill.components.data.pipeline import TrainingData, to_device
 from codistill.config import ConfigError
-from codistill.kd import FixedTeacher
-from codistill.logits import as_logits
-from codistill.optim import build_optimizer, build_schedule
-from codistill.rng import ReplicaRNG, derive_seed
-from codistill.precision import PRECISIONS, Precision
-from codistill.teachers import StateFlattener, TeacherCopies, TeacherPool
-from codistill.topology import Topology
-from codistill import sharding
+from codistill.engine.kd import FixedTeacher
+from codistill.engine.logits import as_logits
+from codistill.engine.optim import build_optimizer, build_schedule
+from codistill.components.rng import ReplicaRNG, derive_seed
+from codistill.engine.precision import PRECISIONS, Precision
+from codistill.engine.teachers import StateFlattener, TeacherCopies, TeacherPool
+from codistill.distributed.topology import Topology
+from codistill.distributed import sharding
 
 
 def shard_like_student(model: nn.Module, cfg: Any, topo: Topology, group: int, param_dtype: Optional[torch.dtype] = None,
@@ -75,7 +75,7 @@ class GroupWorker:
         self.replicas = topo.local_replicas
         torch.manual_seed(derive_seed(cfg.seed, "init", group))  # same init on every replica of the group
         self.model = build_model(group).to(self.device)
-        self.sharded = sharding.enabled(cfg, topo)  # FSDP2: this rank holds 1/R of the model (codistill/sharding.py)
+        self.sharded = sharding.enabled(cfg, topo)  # FSDP2: this rank holds 1/R of the model (codistill/distributed/sharding.py)
         if self.sharded:
             self.model = shard_like_student(self.model, cfg, topo, group, PRECISIONS[cfg.trainer.precision])
         self.flattener = StateFlattener(self.model, pool.dtype if schedule.enabled else torch.float32)  # what moves

@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from codistill.data.base import Splits, TensorDataset, DataMissingError
-from codistill.data.cache import atomic_write, cache_dir
+from codistill.components.data.base import Splits, TensorDataset, DataMissingError
+from codistill.components.data.cache import atomic_write, cache_dir
 
 INSTALL = "sudo apt-get install bible-kjv bible-kjv-text"
 COMMAND = ["bible", "-m", "8192", "Genesis 1:1 - Revelation 22:21"]

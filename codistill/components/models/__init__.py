@@ -3,8 +3,8 @@
 Nothing in here knows about groups, replicas, teachers or process groups.
 """
 
-from codistill.models.char_lstm import CharLSTM
-from codistill.models.cnn import CNN
-from codistill.models.mlp import MLP
+from codistill.components.models.char_lstm import CharLSTM
+from codistill.components.models.cnn import CNN
+from codistill.components.models.mlp import MLP
 
 __all__ = ["CNN", "CharLSTM", "MLP"]

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from codistill.exchange.base import Snapshot
+from codistill.distributed.exchange.base import Snapshot
 
 
 class CollectiveExchange:

@@ -12,8 +12,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from codistill.logits import as_logits
-from codistill.pretrained import load_model
+from codistill.engine.logits import as_logits
+from codistill.components.pretrained import load_model
 
 
 class FixedTeacher:

@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from codistill.data.base import Splits, TensorDataset, DataMissingError
-from codistill.data.idx import read_idx
+from codistill.components.data.base import Splits, TensorDataset, DataMissingError
+from codistill.components.data.idx import read_idx
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 INSTALL = "sudo apt-get install dataset-fashion-mnist"

@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from codistill import cohort, instantiate
+from codistill.components import cohort, instantiate
 from codistill.config import ConfigError
-from codistill.data.pipeline import DataFormatError, LoaderOptions, TrainingData, TrainSetOptions
+from codistill.components.data.pipeline import DataFormatError, LoaderOptions, TrainingData, TrainSetOptions
 
 ModelFactory = Callable[[], nn.Module]
 

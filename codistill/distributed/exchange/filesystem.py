@@ -45,10 +45,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.checkpoint import StorageError, atomic_write
+from codistill.io.checkpoint import StorageError, atomic_write
 from codistill.config import ConfigError
-from codistill.exchange.base import Snapshot
-from codistill.teachers import TeacherCopies
+from codistill.distributed.exchange.base import Snapshot
+from codistill.engine.teachers import TeacherCopies
 
 log = logging.getLogger(__name__)
 

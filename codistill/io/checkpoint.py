@@ -13,7 +13,7 @@ checkpoint (`save_training` / `restore_training`) holds everything an exact resu
                                       manifest.json      step, topology, sha256 of every file: written last, so a
                                                          directory without it is incomplete and never resumed from
 
-The data stream is a pure function of the step (codistill/data/streams.py), so the step is its position.
+The data stream is a pure function of the step (codistill/components/data/streams.py), so the step is its position.
 Everything stored is tensors and plain containers, so every file loads with weights_only=True.
 """
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Protocol, TextIO
 
-from codistill.reporting import MetricsWriter
+from codistill.io.reporting import MetricsWriter
 
 log = logging.getLogger("codistill")
 

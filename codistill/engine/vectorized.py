@@ -3,7 +3,7 @@
 In simulated mode the loop runs G small models one after the other, so for small models the step is dominated by
 per-operation overhead paid G times. Here the groups' parameters are stacked along a leading group dimension
 (as torch.func.stack_module_state does), so a step is one `vmap(functional_call)` for every group's teachers,
-one for the students, the loss on [G, ...] tensors (codistill.algorithm.loss_from_logits), one backward and one
+one for the students, the loss on [G, ...] tensors (codistill.engine.algorithm.loss_from_logits), one backward and one
 optimizer step over the stacked tensors. The arithmetic is the loop's, group by group, so the parameters agree with the loop (and
 hence with torchrun) to float rounding.
 
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from codistill.algorithm import loss_from_logits
-from codistill.logits import as_logits
-from codistill.precision import teacher_autocast
-from codistill.optim import build_optimizer, build_schedule
-from codistill.topology import Topology
-from codistill.worker import GroupWorker
+from codistill.engine.algorithm import loss_from_logits
+from codistill.engine.logits import as_logits
+from codistill.engine.precision import teacher_autocast
+from codistill.engine.optim import build_optimizer, build_schedule
+from codistill.distributed.topology import Topology
+from codistill.engine.worker import GroupWorker
 
 log = logging.getLogger("codistill")
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from codistill.data.base import Batch, IndexedDataset
-from codistill.data.streams import GroupStream
-from codistill.rng import derive_seed
+from codistill.components.data.base import Batch, IndexedDataset
+from codistill.components.data.streams import GroupStream
+from codistill.components.rng import derive_seed
 
 
 class DataFormatError(ValueError):

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from codistill.teachers import StateFlattener
+from codistill.engine.teachers import StateFlattener
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

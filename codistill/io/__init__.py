@@ -1,0 +1,1 @@
+"""What a run leaves behind: checkpoints, metrics.jsonl and console reports, logger sinks, held-out metrics."""
