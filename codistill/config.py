@@ -90,6 +90,15 @@ class DistillConfig:
     # (topology.group_id) must all name one shared directory here.
     exchange_dir: Optional[str] = None
     exchange_keep: int = 3  # filesystem: snapshots each group keeps on disk (older ones are pruned)
+    # none | bf16 | int8 | fp8: how snapshots (and diloco's pseudo-gradients) travel; int8 and fp8 (e4m3) carry one
+    # float32 scale per row (output channel), ~1/4 of float32's bytes; receivers dequantise into teacher_dtype
+    snapshot_codec: str = "none"
+    # tau: an exchange launched before step s is loaded before step s + tau (the transfer overlaps tau steps of
+    # training); 0 = loaded at once. Must be < exchange_every.
+    exchange_delay: int = 0
+    # F: the state travels in F slices cut between modules (balanced by bytes); slice i before the steps s with
+    # s mod K = i K / F, so peak bytes per exchange fall by F. F must divide exchange_every.
+    fragments: int = 1
     # kd: a frozen teacher loaded once from a final.pt this trainer wrote (model + config), or from any state_dict
     # of the conf/model preset named by teacher_model (which, when set, also overrides the checkpoint's config)
     teacher_checkpoint: Optional[str] = None
@@ -223,6 +232,31 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _validate_exchange(dist: Any) -> None:
+    """The snapshot codec, delay, fragments and exchange URL (codistill/distributed/exchange/)."""
+    from codistill.distributed.exchange.codecs import CODECS  # here: the exchange package imports ConfigError
+    from codistill.distributed.exchange.store import StoreError, check_url
+
+    _choice(dist.snapshot_codec, CODECS, "distill.snapshot_codec")
+    _check(0 <= dist.exchange_delay < dist.exchange_every,
+           f"distill.exchange_delay={dist.exchange_delay} must be in [0, distill.exchange_every={dist.exchange_every}): "
+           "an exchange must land before the next one is launched")
+    _check(dist.fragments >= 1 and dist.exchange_every % dist.fragments == 0,
+           f"distill.fragments={dist.fragments} must be >= 1 and divide distill.exchange_every={dist.exchange_every}")
+    if dist.mode in OUTER_MODES:
+        _check(dist.fragments == 1 and dist.exchange_delay == 0,
+               f"distill.mode={dist.mode} takes its outer step on the whole state at once: distill.fragments and "
+               "distill.exchange_delay (Streaming DiLoCo) are not supported, leave them at 1 and 0")
+    _check(dist.fragments == 1 or dist.exchange == "collective",
+           f"distill.fragments={dist.fragments} needs distill.exchange=collective (the filesystem exchange moves "
+           "whole snapshots)")
+    if dist.exchange == "filesystem" and dist.exchange_dir is not None:
+        try:
+            check_url(str(dist.exchange_dir))
+        except StoreError as e:
+            raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Any, replicas: int) -> None:
     """Check every value a type cannot; raise ConfigError naming the key and the fix.
 
@@ -271,6 +305,7 @@ def validate(cfg: Any, replicas: int) -> None:
         f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0 (or null: 10% of trainer.max_steps)",
     )
     _check(dist.exchange_keep >= 1, f"distill.exchange_keep={dist.exchange_keep} must be >= 1")
+    _validate_exchange(dist)
     _check(
         top.group_id is None or 0 <= top.group_id < top.groups,
         f"topology.group_id={top.group_id} must be in [0, topology.groups={top.groups})",

@@ -296,9 +296,9 @@ def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
 
     params = sum(p.numel() for p in wc.model.parameters())
     state = wc.flattener.numel
-    ex = codist.exchange
+    ex = codist.exchanges.transport
     per_exchange = (
-        ex.cross_group_bytes() if isinstance(ex, CollectiveExchange) else (G - 1) * -(-state // (R if a.shard_exchange else 1)) * 4
+        ex.cross_group_bytes(1) if isinstance(ex, CollectiveExchange) else (G - 1) * -(-state // (R if a.shard_exchange else 1)) * 4
     )
     W = G * R
     plain.close()

@@ -12,7 +12,7 @@ topology.strategy=fsdp each copy is sharded like the student (codistill/distribu
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -33,16 +33,21 @@ class StateFlattener:
         self.numel = sum(n for _, _, n in self.entries)
         self.dtype = dtype
 
-    def flatten(self, module: nn.Module) -> torch.Tensor:
+    def flatten(self, module: nn.Module, first: int = 0, last: Optional[int] = None) -> torch.Tensor:
+        """Entries [first, last) packed (all by default; a fragment's with distill.fragments)."""
         state = module.state_dict()
-        return torch.cat([local(state[name]).detach().reshape(-1).to(self.dtype) for name, _, _ in self.entries])
+        return torch.cat([local(state[name]).detach().reshape(-1).to(self.dtype)
+                          for name, _, _ in self.entries[first:last]])
 
     @torch.no_grad()
-    def load(self, module: nn.Module, flat: torch.Tensor) -> None:
-        if flat.numel() != self.numel:
-            raise ValueError(f"snapshot holds {flat.numel()} values, this architecture has {self.numel}")
+    def load(self, module: nn.Module, flat: torch.Tensor, first: int = 0, last: Optional[int] = None) -> None:
+        """Copy `flat` (entries [first, last) packed) into the module."""
+        entries = self.entries[first:last]
+        numel = sum(n for _, _, n in entries)
+        if flat.numel() != numel:
+            raise ValueError(f"snapshot holds {flat.numel()} values, this architecture has {numel}")
         state, offset = module.state_dict(), 0
-        for name, shape, n in self.entries:
+        for name, shape, n in entries:
             local(state[name]).copy_(flat[offset : offset + n].view(shape))
             offset += n
 
@@ -57,7 +62,7 @@ class TeacherPool:
         self.models: dict[int, nn.Module] = {}
         self.forwards: dict[int, Callable] = {}  # the (compiled) forward of each copy
         self.flattener: dict[int, StateFlattener] = {}
-        self.loaded_step: dict[int, Optional[int]] = {}
+        self.loaded_step: dict[int, Any] = {}  # the step (and fragment) last loaded into each copy
 
     def get(self, group: int) -> nn.Module:
         if group not in self.models:
@@ -71,14 +76,17 @@ class TeacherPool:
             self.loaded_step[group] = None
         return self.models[group]
 
-    def load(self, group: int, flat: torch.Tensor, step: int) -> None:
+    def load(self, group: int, flat: torch.Tensor, step: int, part: Optional[tuple[int, int, int]] = None) -> None:
         """Copy `group`'s snapshot of `step` into its copy (once: students sharing the copy load the same one).
 
+        `part`: (fragment, first entry, last entry) when `flat` is one fragment of the state (distill.fragments).
         The copy is written in place, so a compiled forward keeps running on the new weights without recompiling.
         """
-        if self.loaded_step[group] != step:
-            self.flattener[group].load(self.models[group], flat)
-            self.loaded_step[group] = step
+        key = step if part is None else (step, part[0])
+        if self.loaded_step[group] != key:
+            first, last = (0, None) if part is None else part[1:]
+            self.flattener[group].load(self.models[group], flat, first, last)
+            self.loaded_step[group] = key
 
 
 class TeacherCopies:
@@ -88,16 +96,28 @@ class TeacherCopies:
         self.pool = pool
         self.models: dict[int, nn.Module] = {p: pool.get(p) for p in peers}
         self.flattener = {p: pool.flattener[p] for p in peers}
+        # the step each copy was taken at: its oldest fragment's with distill.fragments (then per fragment below)
         self.source_step: dict[int, Optional[int]] = {p: None for p in peers}
+        self.fragment_steps: dict[int, list[Optional[int]]] = {}
 
-    def load(self, peer: int, flat: torch.Tensor, step: int) -> None:
-        self.pool.load(peer, flat, step)
-        self.source_step[peer] = step
+    def load(self, peer: int, flat: torch.Tensor, step: int, part: Optional[tuple[int, int, int, int]] = None) -> None:
+        """`part`: (fragment, fragments, first entry, last entry) when `flat` is one fragment of the peer's state."""
+        if part is None:
+            self.pool.load(peer, flat, step)
+            self.source_step[peer] = step
+            self.fragment_steps.pop(peer, None)
+            return
+        fragment, fragments, first, last = part
+        self.pool.load(peer, flat, step, (fragment, first, last))
+        steps = self.fragment_steps.setdefault(peer, [None] * fragments)
+        steps[fragment] = step
+        self.source_step[peer] = None if None in steps else min(steps)  # ready once every fragment has arrived
 
     def state_dict(self) -> dict[int, dict]:
         """The loaded copies and their source steps (what a resumed run must distill from)."""
         return {
-            p: {"flat": self.flattener[p].flatten(self.models[p]).cpu(), "step": s}
+            p: {"flat": self.flattener[p].flatten(self.models[p]).cpu(), "step": s,
+                **({"fragment_steps": self.fragment_steps[p]} if p in self.fragment_steps else {})}
             for p, s in self.source_step.items()
             if s is not None
         }
@@ -105,6 +125,9 @@ class TeacherCopies:
     def load_state_dict(self, state: dict[int, dict]) -> None:
         for p, copy in state.items():
             self.load(p, copy["flat"], copy["step"])  # copy_ moves it to the copy's device and dtype
+            if "fragment_steps" in copy:
+                self.fragment_steps[p] = list(copy["fragment_steps"])
+                self.pool.loaded_step[p] = None
 
     @property
     def ready(self) -> list[int]:

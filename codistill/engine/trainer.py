@@ -1,7 +1,7 @@
 """The training loop shared by simulated mode and torchrun: setup, train, save.
 
     for step in range(max_steps):
-        if schedule.exchange_before(step): exchange()      # refresh every group's teacher copies
+        exchanges.before_step(step)    # land the exchanges due, launch the fragments due (engine/exchanging.py)
         for worker in local groups: worker.train_step(step)
         log / evaluate at their intervals
     save each group's final checkpoint
@@ -21,8 +21,6 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.components import cohort
-
 from codistill.distributed import sharding
 
 from codistill.engine import vectorized
@@ -32,10 +30,10 @@ from codistill.engine.algorithm import Schedule
 from codistill.components.registry import Components
 from codistill.config import ConfigError
 from codistill.components.data.pipeline import DataFormatError, Labels, to_device
-from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
 from codistill.engine.kd import FixedTeacher, load_teacher
 from codistill.engine.logits import ModelOutputError, as_logits
 from codistill.io.loggers import open_sinks
+from codistill.engine.exchanging import ExchangeRunner
 from codistill.engine.outer import OuterStep
 from codistill.engine.precision import TEACHER_DTYPES
 from codistill.distributed.preemption import Preempted, StopFlag
@@ -94,12 +92,6 @@ class Trainer:
             return components.models[group]()
 
         self.sharded = sharding.enabled(cfg, topo)
-        if self.sharded:  # replica r exchanges shard r of every group's state (codistill/distributed/sharding.py)
-            with torch.device("meta"):
-                state_sizes = [sharding.local_state_size(build(g), topo.replicas, topo.layout.replica)
-                               for g in range(topo.groups)]
-        else:
-            state_sizes = cohort.state_sizes(build, topo.groups)
         teacher = load_teacher(cfg, topo.device) if kd else None  # loaded once, never exchanged
         pool = TeacherPool(build, topo.device, TEACHER_DTYPES[d.teacher_dtype], cfg.trainer.compile,
                            shard=(lambda m, g: shard_teacher(m, cfg, topo, g)) if self.sharded else None)
@@ -124,12 +116,13 @@ class Trainer:
         if self.last_checkpoint is not None:
             self.start_step = checkpoint.restore_training(self.last_checkpoint, self.workers, topo, self.outer)
             log.info("resumed from checkpoint %s at step %d", self.last_checkpoint, self.start_step)
-        shard_pg = topo.replica_pg if d.shard_exchange else None  # exchange 1/R per replica across groups
-        self.exchange: Exchange
-        if d.exchange == "filesystem":
-            self.exchange = FilesystemExchange.for_run(cfg, topo, run_dir, self.workers, state_sizes, self.start_step)
-        else:
-            self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes, shard_pg)
+        # when snapshots are launched and land, in which codec and fragments (codistill/engine/exchanging.py)
+        self.exchanges = ExchangeRunner(cfg, topo, self.schedule, self.workers, self.outer, run_dir, self.start_step,
+                                        self.sharded)
+        if self.last_checkpoint is not None:
+            in_flight = self.last_checkpoint / f"exchange-rank{topo.layout.rank}.pt"
+            if in_flight.is_file():
+                self.exchanges.load_state_dict(checkpoint.load(in_flight))
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
         self._train_sums = torch.zeros(topo.groups, 4, device=topo.device)
         self._window = 0
@@ -172,8 +165,7 @@ class Trainer:
             self.cfg.distill.mode, self.schedule.burn_in_steps, self.run_dir,
         )
         for step in range(self.start_step, tr.max_steps):
-            if self.schedule.exchange_before(step):
-                self._exchange(step)
+            self.exchanges.before_step(step)
             if self.vectorized is not None:
                 self._train_sums += self.vectorized.train_step(step)
             else:
@@ -212,42 +204,17 @@ class Trainer:
         return bool(self.topo.all_reduce_sum(flag).item() > 0)
 
     def _exchange(self, step: int) -> None:
-        local = {g: w.flat_state() for g, w in self.workers.items()}
-        if self.outer is not None:
-            local = self.outer.payload(local)  # the pseudo-gradients (before step 0: the states themselves)
-        snapshots = self.exchange.exchange(step, local)
-        if isinstance(self.exchange, CollectiveExchange):
-            sent, received = self.exchange.traffic
-            log.info("exchange at step %d: sent %d bytes to each of %d peer group(s), received %d bytes", step, sent,
-                     self.topo.groups - 1, received)
-        elif isinstance(self.exchange, FilesystemExchange):
-            written, read = self.exchange.traffic
-            log.info("exchange at step %d: wrote %d snapshot bytes to the exchange directory, read %d", step, written,
-                     read)
-        if self.outer is not None:
-            self._outer_step(step, snapshots)
-            return
-        for g, w in self.workers.items():
-            for peer in w.teachers.models:
-                if peer in snapshots:  # else: no (newer) snapshot of that peer; its copy stays as it is
-                    w.teachers.load(peer, snapshots[peer].flat, snapshots[peer].step)
-        log.debug("exchange at step %d", step)
-
-    def _outer_step(self, step: int, snapshots: dict[int, Snapshot]) -> None:
-        """diloco, average: every group continues from the new outer state (its inner optimizer state stays its own,
-        as in DiLoCo and PeriodicModelAverager); before step 0 from group 0's, as DDP starts from rank 0's."""
-        assert self.outer is not None
-        state = self.outer.update([snapshots[g].flat for g in sorted(snapshots)])
-        for w in self.workers.values():
-            w.flattener.load(w.model, state)
-        log.debug("outer step before step %d", step)
+        """Every fragment exchanged before `step` at once, whatever the schedule (tools and tests)."""
+        self.exchanges.exchange_now(step)
 
     # --- log and evaluate ---------------------------------------------------------------------------------------
     def _report(self, step: int, evaluate: bool) -> bool:
         """Log the window's losses (and evaluate); return whether any rank has received a preemption signal."""
         G = self.topo.groups
-        stats = torch.zeros(G, 7, dtype=torch.float64)  # column 6: stop flags, summed over the ranks
+        stats = torch.zeros(G, 9, dtype=torch.float64)  # column 6: stop flags, summed over the ranks
         stats[0, 6] = float(self.stop_flag.received is not None)
+        for g, (sent, received) in self.exchanges.take_traffic().items():  # every rank's bytes, summed per group
+            stats[g, 7:9] = torch.tensor([sent, received], dtype=torch.float64)
         stats[:, :4] = self._train_sums.double().cpu() / self._window
         for g, w in self.workers.items():
             if self.topo.is_group_leader(g):
@@ -260,7 +227,8 @@ class Trainer:
             {
                 "step": step, "group": g, "train/loss": stats[g, 0].item(), "train/ce": stats[g, 1].item(),
                 "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 4].item()),
-                "lr": stats[g, 5].item(),
+                "lr": stats[g, 5].item(), "exchange/bytes_sent": int(stats[g, 7].item()),
+                "exchange/bytes_received": int(stats[g, 8].item()),
                 **({"train/grad_norm": stats[g, 3].item()} if self.cfg.optim.grad_clip is not None else {}),
             }
             for g in self.topo.job_groups
@@ -368,7 +336,8 @@ class Trainer:
                                      f"{self._kept()}")
         tr = self.cfg.trainer
         self.last_checkpoint = checkpoint.save_training(
-            self.run_dir, step, self.workers, self.topo, self.config_dict, tr.checkpoint_keep, self.outer
+            self.run_dir, step, self.workers, self.topo, self.config_dict, tr.checkpoint_keep, self.outer,
+            {"exchange": self.exchanges.state_dict()} if self.exchanges.flights else None,
         )
         log.info("checkpoint %s", self.last_checkpoint)
 
@@ -378,8 +347,7 @@ class Trainer:
         return f"the last good checkpoint is {self.last_checkpoint} (resume with trainer.resume=auto)"
 
     def close(self) -> None:
-        if isinstance(self.exchange, FilesystemExchange):
-            self.exchange.close()  # finish the pending snapshot write: peers may still read it
+        self.exchanges.close()
         self.metrics.close()
         self._eval_batches = None  # stops its persistent workers
         for w in self.workers.values():

@@ -214,12 +214,13 @@ def agree_written(topo: Any, path: Path, error: Optional[OSError]) -> None:
 
 
 def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, config: dict, keep: int,
-                  outer: Optional[Any] = None) -> Path:
+                  outer: Optional[Any] = None, extra: Optional[dict[str, dict]] = None) -> Path:
     """Write this process's part of the step's checkpoint; global rank 0 seals it with the manifest and prunes.
 
     Every rank must call it (buffers are synchronised inside each group and the ranks meet twice). If any write
     fails (disk full, I/O error, read-only), no manifest is written, the step's directory is removed, the previous
     checkpoints stay as they were (pruning happens only after a seal), and every rank raises StorageError.
+    `extra`: more per-rank state, each saved as <name>-rank<rank>.pt (exchanges in flight).
     """
     folder = checkpoint_dir(run_dir, step)
     for g, w in workers.items():
@@ -235,6 +236,8 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
         atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
         if outer is not None:
             atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
+        for name, state in (extra or {}).items():
+            atomic_save(state, folder / f"{name}-rank{topo.layout.rank}.pt")
     except OSError as e:
         error = e
     try:

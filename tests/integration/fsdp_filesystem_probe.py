@@ -24,8 +24,8 @@ def main(run_dir: Path, overrides: list[str]) -> None:
     validate(cfg, layout.replicas)
     topo = Topology.start(layout, "cpu")
     trainer = Trainer(cfg, topo, run_dir, from_config(cfg))
-    (g, w), ex = next(iter(trainer.workers.items())), trainer.exchange
-    peer, folder = 1 - g, ex.root / f"group{1 - g}"
+    (g, w), ex = next(iter(trainer.workers.items())), trainer.exchanges.transport
+    peer, folder = 1 - g, Path(ex.store.url) / f"group{1 - g}"
 
     def copy() -> torch.Tensor:
         return w.teachers.flattener[peer].flatten(w.teachers.models[peer]).clone()
@@ -36,17 +36,17 @@ def main(run_dir: Path, overrides: list[str]) -> None:
 
     # step 6: every replica publishes; shard 1 of group 1's version is torn before any reader reads it
     w.train_step(3)
-    ex.writer.submit(g, 6, w.flat_state().cpu(), ex.signatures[g])
+    ex.writer.submit(g, 6, w.flat_state().cpu().view(torch.uint8), ex.signatures[g])  # codec none: the bytes
     ex.writer.flush()
     topo.barrier()
     if layout.rank == 0:
-        torn = ex.root / "group1" / "step000000006.shard1of2.pt"
+        torn = Path(ex.store.url) / "group1" / "step000000006.shard1of2.pt"
         torn.write_bytes(torn.read_bytes()[:200])
     topo.barrier()
     got = ex._read_shards(6)
     assert (peer in got) == (g == 1), got.keys()  # group 0 (reading group 1) keeps its copy on both replicas
     if g == 0:
-        assert torch.equal(copy(), kept) and (1, 6) in ex.rejected
+        assert torch.equal(copy(), kept) and (1, 6) in ex.reader.rejected
 
     # step 9: a version of group g's peer written with R = 3 (another job's layout) is rejected, the copy kept
     topo.barrier()

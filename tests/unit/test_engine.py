@@ -48,13 +48,13 @@ def test_no_distillation_before_burn_in_and_present_after(tmp_path: Path) -> Non
 def test_teacher_copies_are_the_peers_state_at_the_last_exchange(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path)
     taken: dict[int, dict[int, torch.Tensor]] = {}
-    exchange = trainer._exchange
+    launch = trainer.exchanges.launch
 
-    def recording_exchange(step: int) -> None:
+    def recording_launch(step: int, fragment: int, lands: int) -> None:
         taken[step] = {g: w.flattener.flatten(w.model).clone() for g, w in trainer.workers.items()}
-        exchange(step)
+        launch(step, fragment, lands)
 
-    trainer._exchange = recording_exchange
+    trainer.exchanges.launch = recording_launch
     trainer.fit()
     last = max(taken)
     assert sorted(taken) == [6, 8, 12, 16, 20, 24, 28]

@@ -21,8 +21,12 @@ def group_job(tmp_path: Path, g: int, *extra: str):
 
 
 def publish(trainer, step: int) -> None:
+    """Exchange once the background reader has seen every version published so far (an exchange step never waits
+    for a download, so without this what arrives by the step depends on timing)."""
+    ex = trainer.exchanges.transport
+    ex.reader.refresh()
     trainer._exchange(step)
-    trainer.exchange.writer.flush()
+    ex.writer.flush()
 
 
 def test_groups_in_separate_jobs_read_each_others_snapshots(tmp_path: Path) -> None:
@@ -82,8 +86,9 @@ def test_old_snapshots_are_pruned_and_a_restart_drops_its_future(tmp_path: Path)
     a.close()
     # A job that restarts at step 2 removes its snapshot of step 3: no peer may read a state it will not reach.
     from codistill.distributed.exchange.filesystem import FilesystemExchange
+    from codistill.engine.exchanging import known_layouts
 
-    FilesystemExchange.for_run(a.cfg, a.topo, a.run_dir, a.workers, [a.workers[0].flattener.numel] * 2, 2).close()
+    FilesystemExchange.for_run(a.cfg, a.topo, a.run_dir, known_layouts(a.workers, 2), a.exchanges.sizes[0], 2).close()
     assert snapshot_steps(folder) == [2]
 
 
@@ -97,7 +102,7 @@ def test_a_directory_of_another_run_is_refused(tmp_path: Path) -> None:
 def test_a_failed_write_is_reported_and_leaves_no_loadable_file(tmp_path: Path) -> None:
     a = group_job(tmp_path, 0)
     (tmp_path / "ex" / "group0").write_text("not a directory")  # the writer cannot create its folder
-    a.exchange.exchange(1, {0: a.workers[0].flat_state()})
+    a.exchanges.transport.exchange(1, {0: a.workers[0].flat_state()})
     with pytest.raises(ExchangeWriteError, match="could not publish a snapshot"):
-        a.exchange.writer.flush()
+        a.exchanges.transport.writer.flush()
     assert not list((tmp_path / "ex").rglob("*.pt"))

@@ -22,37 +22,63 @@ import torch.distributed as dist
 from codistill.distributed.exchange.base import Snapshot
 
 
+def rank_traffic(sizes: list[int], shards: int, element_size: int = 1) -> int:
+    """Bytes one rank sends (and as many receives) in the exchange's all-gather across G groups: a ring all-gather
+    passes G - 1 pieces of the largest payload (padded, divided by the shards) through every rank."""
+    return (len(sizes) - 1) * math.ceil(max(sizes) / shards) * element_size
+
+
+class _Gather:
+    """An all-gather in flight along the group dimension; `wait` finishes it (and the within-group gather of the
+    shards, with distill.shard_exchange) and cuts every group's payload out of the padded buffers."""
+
+    def __init__(self, owner: "CollectiveExchange", step: int, sizes: list[int], gathered: list[torch.Tensor],
+                 work: Optional[dist.Work]) -> None:
+        self.owner, self.step, self.sizes, self.gathered, self.work = owner, step, sizes, gathered, work
+        self.result: Optional[dict[int, Snapshot]] = None
+
+    def wait(self) -> dict[int, Snapshot]:
+        if self.result is None:
+            if self.work is not None:
+                self.work.wait()
+            full = torch.stack(self.gathered)  # [G, shard]
+            o = self.owner
+            if o.shard_pg is not None:
+                shards = [torch.empty_like(full) for _ in range(o.shards)]
+                dist.all_gather(shards, full, group=o.shard_pg)  # every replica's shard of every group
+                full = torch.stack(shards, dim=1).reshape(len(self.sizes), -1)
+            self.result = {g: Snapshot(g, self.step, full[g, : self.sizes[g]]) for g in range(len(self.sizes))}
+            self.gathered, self.work = [], None
+        return self.result
+
+
 class CollectiveExchange:
     def __init__(
         self, group_pg: dist.ProcessGroup, sizes: list[int], shard_pg: Optional[dist.ProcessGroup] = None
     ) -> None:
-        """`sizes[g]`: the length of group g's flattened state (groups may have different architectures).
+        """`sizes[g]`: the length of group g's payload (groups may have different architectures).
 
         `shard_pg`: this group's replica process group, to shard the cross-group transfer over its R replicas.
         """
         self.pg, self.sizes, self.shard_pg = group_pg, sizes, shard_pg
         self.shards = 1 if shard_pg is None else dist.get_world_size(shard_pg)
-        self.shard_numel = math.ceil(max(sizes) / self.shards)
-        self.numel = self.shard_numel * self.shards  # all-gathers need equal sizes: pad to the largest architecture
-        self.traffic = (0, 0)  # bytes this rank sent to each peer group and received from them, last exchange
 
     def cross_group_bytes(self, element_size: int = 4) -> int:
         """Bytes one rank receives from other groups per exchange (all-gather payload, padding included)."""
-        return (len(self.sizes) - 1) * self.shard_numel * element_size
+        return rank_traffic(self.sizes, self.shards, element_size)
 
-    def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
+    def launch(self, step: int, local: dict[int, torch.Tensor], sizes: Optional[list[int]] = None) -> _Gather:
+        """Start the all-gather (asynchronous: training goes on until `wait`)."""
+        sizes = sizes or self.sizes
         ((mine_group, mine),) = local.items()
-        padded = torch.zeros(self.numel, dtype=mine.dtype, device=mine.device)
+        shard_numel = math.ceil(max(sizes) / self.shards)
+        padded = torch.zeros(shard_numel * self.shards, dtype=mine.dtype, device=mine.device)
         padded[: mine.numel()] = mine
         r = 0 if self.shard_pg is None else dist.get_rank(self.shard_pg)
-        piece = padded[r * self.shard_numel : (r + 1) * self.shard_numel]
-        gathered = [torch.empty_like(piece) for _ in self.sizes]
-        dist.all_gather(gathered, piece, group=self.pg)  # shard r of every group's state
-        sent = piece.numel() * piece.element_size()
-        self.traffic = (sent, sent * (len(self.sizes) - 1))
-        full = torch.stack(gathered)  # [G, shard]
-        if self.shard_pg is not None:
-            shards = [torch.empty_like(full) for _ in range(self.shards)]
-            dist.all_gather(shards, full, group=self.shard_pg)  # every replica's shard of every group
-            full = torch.stack(shards, dim=1).reshape(len(self.sizes), self.numel)
-        return {g: Snapshot(g, step, full[g, : self.sizes[g]]) for g in range(len(self.sizes))}
+        piece = padded[r * shard_numel : (r + 1) * shard_numel]
+        gathered = [torch.empty_like(piece) for _ in sizes]
+        work = dist.all_gather(gathered, piece, group=self.pg, async_op=True)  # shard r of every group's payload
+        return _Gather(self, step, sizes, gathered, work)
+
+    def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
+        return self.launch(step, local).wait()

@@ -1,5 +1,8 @@
 """The paper's shared-storage exchange: groups publish snapshots to a directory and read each other's newest.
 
+The directory is a local path or any fsspec URL (s3://, gs://, az://, file://; memory:// in tests): see store.py for
+how a version is published without rename (data first, manifest last) and where credentials come from.
+
 Layout of the exchange directory:
 
     run.json                          the run that owns the directory (its run id); a second run is refused
@@ -10,16 +13,20 @@ Layout of the exchange directory:
                                       topology.strategy=fsdp: replica r's local shard and its own manifest; a
                                       version is complete only when all R shard manifests of this run's R exist
 
-Replica 0 of each group publishes at the group's exchange steps through a background writer thread (temp file,
-fsync, rename), so the training step never waits for the disk, and prunes all but the newest `keep` snapshots. At
-exchange steps the same replica picks the newest complete snapshot of every peer, checks it (checksum, run id,
-architecture) and broadcasts it inside its group, so the group's replicas load the same copy. A peer without a
-snapshot is left out; a rejected snapshot is logged once and the previous teacher copy stays.
+Replica 0 of each group publishes at the group's exchange steps through a background writer thread, so the
+training step never waits for the upload, and prunes all but the newest `keep` snapshots (manifest first). Groups in
+separate jobs read through a background prefetcher: it lists the peers' folders (at every exchange and every
+POLL_S seconds), downloads the newest complete version of each peer and checks it (checksum, run id, architecture,
+payload size); an exchange step takes what has fully arrived and never waits on a download. Replica 0 broadcasts
+its choice inside its group, so the group's replicas load the same copy. A peer without a snapshot is left out; a
+rejected snapshot (torn: a manifest whose data is missing or fails its checksum; foreign: another run, architecture
+or codec) is logged once with its reason and the previous teacher copy stays.
 
 Sharded groups (topology.strategy=fsdp) never gather a whole state: every replica publishes its own shard, replica
 0 picks the version and broadcasts its step within the group, replica r reads and checks shard r, and an all-reduce
 within the group makes a shard that fails on any replica keep the whole group's previous copy. A version written
-with another R (or whole, by DDP groups) is rejected with a logged reason.
+with another R (or whole, by DDP groups) is rejected with a logged reason. Shards are read at the exchange step
+(the replicas must agree on one version), not prefetched.
 
 Groups in separate jobs never wait for each other: a slow or dead peer only makes its copy staler. Groups of one
 job (simulated mode, or one torchrun job running every group) already step together, so there each exchange waits
@@ -39,28 +46,34 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.io.checkpoint import StorageError, atomic_write
 from codistill.config import ConfigError
 from codistill.distributed.exchange.base import Snapshot
-from codistill.engine.teachers import TeacherCopies
+from codistill.distributed.exchange.store import Store, StoreError, bounded, check_url
+from codistill.io.checkpoint import StorageError
 
 log = logging.getLogger(__name__)
 
 _MANIFEST = re.compile(r"step(\d{9})((?:\.shard\d+of\d+)?)\.json$")
+POLL_S = 1.0  # separate jobs: the prefetcher lists the peers' folders at least this often
+_READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError)
 
 
 class ExchangeWriteError(StorageError):
-    """Publishing a snapshot failed (disk full, directory gone or unwritable)."""
+    """Publishing a snapshot failed (disk full, directory gone or unwritable, endpoint unreachable)."""
 
 
-def exchange_root(cfg: Any, run_dir: Path) -> Path:
-    return Path(cfg.distill.exchange_dir) if cfg.distill.exchange_dir else run_dir / "exchange"
+class _Missing(Exception):
+    """A listed version vanished before it was read (pruned by its writer): not an error, retried later."""
+
+
+def exchange_root(cfg: Any, run_dir: Path) -> str:
+    return str(cfg.distill.exchange_dir) if cfg.distill.exchange_dir else str(run_dir / "exchange")
 
 
 def run_identity(cfg: Any) -> str:
@@ -85,33 +98,32 @@ def run_identity(cfg: Any) -> str:
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def architecture_signature(entries: list[tuple[str, torch.Size, int]]) -> str:
-    """Names and shapes of a flattened state (StateFlattener.entries): differs with architecture or class count."""
-    return hashlib.sha256(repr([(n, tuple(s)) for n, s, _ in entries]).encode()).hexdigest()[:16]
+def architecture_signature(entries: list[tuple[str, torch.Size, int]], codec: str = "none") -> str:
+    """Names and shapes of a flattened state (StateFlattener.entries) and its codec: differs with architecture,
+    class count or snapshot codec."""
+    text = repr([(n, tuple(s)) for n, s, _ in entries]) + ("" if codec == "none" else f"|{codec}")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def claim(root: Path, run_id: str) -> None:
+def _as_store(root: Union[Store, str, Path]) -> Store:
+    return root if isinstance(root, Store) else Store(root)
+
+
+def claim(root: Union[Store, str, Path], run_id: str, timeout_s: float = 60.0) -> None:
     """Make `root` usable by this run, before any process group starts; raise a one-line ConfigError if not.
 
-    The first job to arrive writes run.json (exclusive create via a hard link, so concurrent jobs cannot both win);
-    later jobs of the same run find their own id there, another run's jobs are refused.
+    The first job to arrive writes run.json, later jobs of the same run find their own id there, another run's jobs
+    are refused. On a local disk the create is exclusive (a hard link); an object store has no exclusive create, so
+    two different runs starting within the same second on one URL could both proceed (jobs of one run write the
+    same id, so they never conflict). An unreachable endpoint fails after `timeout_s`.
     """
-    owner = root / "run.json"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        if not owner.exists():
-            fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".tmp", dir=root)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"run_id": run_id}, f)
-            try:
-                os.link(tmp, owner)
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
-        found = json.loads(owner.read_text()).get("run_id")
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        store = _as_store(root)
+        found = bounded(lambda: _claim(store, run_id), timeout_s, "the exchange store")
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, ValueError, ImportError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"distill.exchange_dir={root} is not usable: {reason}") from None
     if found != run_id:
         raise ConfigError(
@@ -120,19 +132,42 @@ def claim(root: Path, run_id: str) -> None:
         )
 
 
-def prepare(cfg: Any, run_dir: Path) -> tuple[Path, str]:
-    """The run's exchange directory and run id, the directory checked and claimed (see `claim`)."""
-    root, run_id = exchange_root(cfg, run_dir), run_identity(cfg)
-    claim(root, run_id)
-    return root, run_id
+def _claim(store: Store, run_id: str) -> Optional[str]:
+    store.makedirs()
+    if store.local:
+        owner = Path(store.path("run.json"))
+        if not owner.exists():
+            fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".tmp", dir=owner.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"run_id": run_id}, f)
+            try:
+                os.link(tmp, owner)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+    elif not store.exists("run.json"):
+        store.put("run.json", json.dumps({"run_id": run_id}).encode())
+    return json.loads(store.get("run.json")).get("run_id")
+
+
+def prepare(cfg: Any, run_dir: Path) -> tuple[Store, str]:
+    """The run's exchange store and run id, the store checked and claimed (see `claim`)."""
+    url, run_id = exchange_root(cfg, run_dir), run_identity(cfg)
+    try:
+        check_url(url)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    claim(url, run_id, cfg.topology.timeout_s)
+    return Store(url), run_id
 
 
 class _Writer:
     """A daemon thread that writes the newest pending snapshot of each local group; the step never waits on it."""
 
-    def __init__(self, root: Path, run_id: str, keep: int, tag: str = "") -> None:
+    def __init__(self, store: Store, run_id: str, keep: int, tag: str = "") -> None:
         """`tag`: this rank's layout suffix, "" for whole snapshots or ".shard{r}of{R}" (see `layout_tag`)."""
-        self.root, self.run_id, self.keep, self.tag = root, run_id, keep, tag
+        self.store, self.run_id, self.keep, self.tag = store, run_id, keep, tag
         self.pending: dict[int, tuple[int, torch.Tensor, str]] = {}
         self.busy = False
         self.error: Optional[BaseException] = None
@@ -142,7 +177,7 @@ class _Writer:
         self.thread.start()
 
     def submit(self, group: int, step: int, flat: torch.Tensor, signature: str) -> None:
-        """Queue a snapshot; an older one still pending for the group is replaced (a slow disk only adds staleness)."""
+        """Queue a snapshot; an older one still pending for the group is replaced (a slow link only adds staleness)."""
         self.raise_error()
         with self.cv:
             self.pending[group] = (step, flat, signature)
@@ -164,7 +199,7 @@ class _Writer:
         if self.error is not None:
             e = self.error
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ExchangeWriteError(f"could not publish a snapshot to distill.exchange_dir={self.root}: {reason}")
+            raise ExchangeWriteError(f"could not publish a snapshot to distill.exchange_dir={self.store}: {reason}")
 
     def _loop(self) -> None:
         while True:
@@ -187,20 +222,20 @@ class _Writer:
                 return
 
     def _write(self, group: int, step: int, flat: torch.Tensor, signature: str) -> None:
-        folder = self.root / f"group{group}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = f"group{group}"
+        self.store.makedirs(folder)
         buf = io.BytesIO()
         torch.save({"group": group, "step": step, "flat": flat}, buf)
         data = buf.getvalue()
-        name = f"step{step:09d}{self.tag}"
-        atomic_write(folder / f"{name}.pt", data)
+        name = f"{folder}/step{step:09d}{self.tag}"
+        self.store.put(f"{name}.pt", data)  # the data first ...
         manifest = {
             "group": group, "step": step, "run_id": self.run_id, "signature": signature,
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "time": time.time(),
         }
-        atomic_write(folder / f"{name}.json", json.dumps(manifest).encode())
-        for old in own_steps(folder, self.tag)[self.keep :]:
-            remove_snapshot(folder, old, self.tag)
+        self.store.put(f"{name}.json", json.dumps(manifest).encode())  # ... the manifest last: now it is visible
+        for old in own_steps(self.store, folder, self.tag)[self.keep :]:
+            remove_snapshot(self.store, folder, old, self.tag)
 
 
 def layout_tag(shard: int, shards: Optional[int]) -> str:
@@ -208,13 +243,12 @@ def layout_tag(shard: int, shards: Optional[int]) -> str:
     return "" if shards is None else f".shard{shard}of{shards}"
 
 
-def versions(folder: Path) -> dict[int, set[str]]:
+def versions(store: Union[Store, str, Path], folder: str = "") -> dict[int, set[str]]:
     """Every step with a manifest, and the layout tags its manifests have (one per written file)."""
     found: dict[int, set[str]] = {}
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if m := _MANIFEST.match(p.name):
-                found.setdefault(int(m.group(1)), set()).add(m.group(2))
+    for name in _as_store(store).list(folder):
+        if m := _MANIFEST.match(name):
+            found.setdefault(int(m.group(1)), set()).add(m.group(2))
     return found
 
 
@@ -222,21 +256,21 @@ def complete_tags(shards: Optional[int]) -> set[str]:
     return {layout_tag(r, shards) for r in range(shards or 1)}
 
 
-def snapshot_steps(folder: Path, shards: Optional[int] = None) -> list[int]:
-    """Steps complete in a layout (a whole snapshot, or all `shards` shards), newest first."""
+def snapshot_steps(folder: Union[Store, str, Path], shards: Optional[int] = None) -> list[int]:
+    """Steps complete in a layout (a whole snapshot, or all `shards` shards) in `folder`, newest first."""
     need = complete_tags(shards)
     return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)
 
 
-def own_steps(folder: Path, tag: str) -> list[int]:
+def own_steps(store: Store, folder: str, tag: str) -> list[int]:
     """Steps with a manifest of one layout tag (what one writer published), newest first."""
-    return sorted((s for s, tags in versions(folder).items() if tag in tags), reverse=True)
+    return sorted((s for s, tags in versions(store, folder).items() if tag in tags), reverse=True)
 
 
-def remove_snapshot(folder: Path, step: int, tag: str = "") -> None:
+def remove_snapshot(store: Store, folder: str, step: int, tag: str = "") -> None:
     """Manifest first, so a reader never finds a manifest whose data file is gone on purpose."""
-    (folder / f"step{step:09d}{tag}.json").unlink(missing_ok=True)
-    (folder / f"step{step:09d}{tag}.pt").unlink(missing_ok=True)
+    store.remove(f"{folder}/step{step:09d}{tag}.json")
+    store.remove(f"{folder}/step{step:09d}{tag}.pt")
 
 
 def describe(tags: set[str]) -> str:
@@ -245,10 +279,155 @@ def describe(tags: set[str]) -> str:
     return " and ".join(kinds)
 
 
+class _Reader:
+    """Picks, fetches and checks peers' versions; with `background`, a daemon thread does it ahead of the steps.
+
+    In the background the thread lists every wanted peer's folder when kicked (at each exchange) and every POLL_S
+    seconds, and keeps the newest verified snapshot of each peer until an exchange takes it: an exchange step never
+    waits on a download. Without it (groups of one job) `fetch` reads synchronously, exactly the requested step.
+    """
+
+    def __init__(self, store: Store, run_id: str, signatures: dict[int, str], sizes: dict[int, int],
+                 need: set[str], wanted: list[int], background: bool) -> None:
+        self.store, self.run_id, self.signatures, self.sizes, self.need = store, run_id, signatures, sizes, need
+        self.wanted = wanted
+        self.rejected: set[tuple[int, int]] = set()
+        self.fetched: dict[int, int] = {}  # peer -> newest step fetched (and checked) so far
+        self.missing_logged: set[int] = set()
+        self.ready: dict[int, tuple[Snapshot, float]] = {}
+        self.lock = threading.Lock()
+        self.kick = threading.Event()
+        self.rounds = 0  # completed background rounds (tests wait on it)
+        self.cv = threading.Condition(self.lock)
+        self.closed = False
+        self.thread: Optional[threading.Thread] = None
+        if background:
+            self.thread = threading.Thread(target=self._loop, name="codistill-exchange-reader", daemon=True)
+            self.thread.start()
+
+    # --- background ---------------------------------------------------------------------------------------------
+    def take(self) -> dict[int, tuple[Snapshot, float]]:
+        """What has fully arrived (and was checked) since the last take; kicks a new round."""
+        with self.lock:
+            out, self.ready = self.ready, {}
+        self.kick.set()
+        return out
+
+    def refresh(self, timeout_s: float = 30.0) -> None:
+        """Wait for a complete round that started after this call (tests: make the arrival deterministic)."""
+        with self.cv:
+            target = self.rounds + 2
+        self.kick.set()
+        with self.cv:
+            self.cv.wait_for(lambda: self.rounds >= target or self.closed, timeout_s)
+
+    def close(self) -> None:
+        self.closed = True
+        self.kick.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self.closed:
+            self.kick.wait(POLL_S)
+            self.kick.clear()
+            if self.closed:
+                return
+            for peer in self.wanted:
+                try:
+                    got = self.fetch(peer, 0, None)
+                except _READ_ERRORS as e:  # the store is unreachable for now: the copy only gets staler
+                    log.warning("exchange: could not list or read group %d's snapshots: %s", peer, e)
+                    got = None
+                if got is not None:
+                    with self.lock:
+                        self.ready[peer] = got
+            with self.cv:
+                self.rounds += 1
+                self.cv.notify_all()
+
+    # --- one peer -----------------------------------------------------------------------------------------------
+    def pick(self, peer: int, step: int, exact: Optional[int]) -> Optional[int]:
+        """The newest complete version of `peer` (`exact`: that step only), unless rejected or already fetched."""
+        folder = f"group{peer}"
+        found = versions(self.store, folder)
+        if not found:
+            if peer not in self.missing_logged:
+                log.info("exchange at step %d: no snapshot of group %d yet; it is left out of the aggregate", step, peer)
+                self.missing_logged.add(peer)
+            return None
+        complete = [s for s, tags in found.items() if self.need <= tags and (exact is None or s == exact)]
+        newest = max(complete, default=None)
+        for s, tags in found.items():  # newer versions in another layout: a peer launched with another R
+            foreign = tags - self.need
+            if foreign and (newest is None or s > newest) and (peer, s) not in self.rejected:
+                self.rejected.add((peer, s))
+                log.warning("exchange: rejected snapshot %s/%s/step%09d of group %d: written with %s, this run reads "
+                            "%s; keeping the previous copy", self.store, folder, s, peer, describe(foreign),
+                            describe(self.need))
+        if newest is None or (peer, newest) in self.rejected or self.fetched.get(peer) == newest:
+            return None  # rejected before, or already fetched: keep the copy
+        return newest
+
+    def fetch(self, peer: int, step: int, exact: Optional[int], tag: str = "") -> Optional[tuple[Snapshot, float]]:
+        """Pick and read `peer`'s newest version; None if there is none new, or it was rejected (logged once)."""
+        newest = self.pick(peer, step, exact)
+        if newest is None:
+            return None
+        try:
+            got = self.read(peer, newest, tag)
+        except _Missing:
+            return None
+        except _READ_ERRORS as e:
+            self.rejected.add((peer, newest))
+            log.warning("exchange: rejected snapshot %s/group%d/step%09d of group %d: %s; keeping the previous copy",
+                        self.store, peer, newest, peer, e)
+            return None
+        self.fetched[peer] = newest
+        return got
+
+    def read(self, peer: int, step: int, tag: str = "") -> tuple[Snapshot, float]:
+        name = f"group{peer}/step{step:09d}{tag}"
+        try:
+            manifest = json.loads(self.store.get(f"{name}.json"))
+        except FileNotFoundError:
+            raise _Missing() from None
+        if manifest.get("run_id") != self.run_id:
+            raise ValueError(f"written by run {manifest.get('run_id')!r}, this run is {self.run_id!r}")
+        if manifest.get("signature") != self.signatures[peer]:
+            raise ValueError("another architecture, class count or snapshot codec than this run's for that group")
+        try:
+            data = self.store.get(f"{name}.pt")
+        except FileNotFoundError:
+            if not self.store.exists(f"{name}.json"):
+                raise _Missing() from None  # pruned between the two reads
+            raise ValueError("torn: its manifest is there but its data is not") from None
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise ValueError(f"checksum mismatch ({len(data)} of {manifest['bytes']} bytes): torn or corrupted")
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        flat = payload["flat"]
+        if not isinstance(flat, torch.Tensor) or flat.numel() != self.sizes[peer] or payload["step"] != step:
+            raise ValueError("its contents do not match its manifest")
+        return Snapshot(peer, step, flat), float(manifest["time"])
+
+
+class _Collect:
+    """A filesystem exchange in flight: its snapshots are collected when waited for (see FilesystemExchange)."""
+
+    def __init__(self, owner: "FilesystemExchange", step: int) -> None:
+        self.owner, self.step = owner, step
+        self.result: Optional[dict[int, Snapshot]] = None
+
+    def wait(self) -> dict[int, Snapshot]:
+        if self.result is None:
+            self.result = self.owner.collect(self.step)
+        return self.result
+
+
 class FilesystemExchange:
     def __init__(
         self,
-        root: Path,
+        root: Union[Store, str, Path],
         run_id: str,
         topo: Any,
         signatures: dict[int, str],
@@ -258,14 +437,14 @@ class FilesystemExchange:
         dtype: torch.dtype = torch.float32,
         sharded: bool = False,
     ) -> None:
-        """`signatures[g]` / `sizes[g]`: architecture and flat length of every group this process publishes or reads
-        (with `sharded`, of this replica's local shard: topology.strategy=fsdp).
+        """`signatures[g]` / `sizes[g]`: architecture and payload length of every group this process publishes or
+        reads (with `sharded`, of this replica's local shard: topology.strategy=fsdp); `dtype`: the payloads'.
 
         `start_step` is where this job starts (0, or the step it resumed from): the local groups' snapshots of later
         steps, left by an earlier incarnation, are removed so no peer reads a state this run will not reach again.
         """
-        self.root, self.run_id, self.topo = root, run_id, topo
-        self.signatures, self.sizes, self.dtype = signatures, sizes, dtype  # dtype: distill.teacher_dtype
+        self.store, self.run_id, self.topo = _as_store(root), run_id, topo
+        self.signatures, self.sizes, self.dtype = signatures, sizes, dtype
         self.shards = topo.replicas if sharded else None  # None: whole snapshots, written by replica 0
         self.tag = layout_tag(topo.layout.replica, self.shards)
         self.same_job = len(topo.job_groups) == topo.groups  # every group steps in this job: read exact steps
@@ -273,50 +452,59 @@ class FilesystemExchange:
         self.writes = list(topo.local_groups) if sharded else self.leads  # sharded: every replica writes its shard
         local = set(topo.local_groups)
         self.wanted = [p for p in range(topo.groups) if not (len(local) == 1 and p in local)]
-        self.rejected: set[tuple[int, int]] = set()
+        background = not self.same_job and sharded is False and bool(self.leads)
+        self.reader = _Reader(self.store, run_id, signatures, sizes, complete_tags(self.shards), self.wanted,
+                              background)
         self.loaded: dict[int, int] = {}  # peer -> step of the snapshot last handed out
-        self.missing_logged: set[int] = set()
         self.traffic = (0, 0)  # snapshot bytes this rank wrote and read at the last exchange
         for g in self.writes:
-            for s in own_steps(root / f"group{g}", self.tag):
+            for s in own_steps(self.store, f"group{g}", self.tag):
                 if s > start_step:
-                    remove_snapshot(root / f"group{g}", s, self.tag)
-        self.writer = _Writer(root, run_id, keep, self.tag)
+                    remove_snapshot(self.store, f"group{g}", s, self.tag)
+        self.writer = _Writer(self.store, run_id, keep, self.tag)
 
     @classmethod
-    def for_run(
-        cls, cfg: Any, topo: Any, run_dir: Path, workers: dict[int, Any], sizes: list[int], start_step: int
-    ) -> "FilesystemExchange":
-        """The exchange of a Trainer: its directory claimed for this run, every known group's architecture."""
-        signatures = {}
-        for g, w in workers.items():
-            signatures[g] = architecture_signature(w.flattener.entries)
-            if isinstance(w.teachers, TeacherCopies):
-                signatures.update({p: architecture_signature(f.entries) for p, f in w.teachers.flattener.items()})
-        root, run_id = prepare(cfg, run_dir)
-        w = next(iter(workers.values()))
-        return cls(root, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step,
-                   w.flattener.dtype, w.sharded)
+    def for_run(cls, cfg: Any, topo: Any, run_dir: Path, layouts: dict[int, list], sizes: list[int],
+                start_step: int, sharded: bool = False) -> "FilesystemExchange":
+        """The exchange of a Trainer: its store claimed for this run. `layouts[g]`: the flattener entries of every
+        group this process knows; `sizes[g]`: every group's payload bytes."""
+        codec = cfg.distill.snapshot_codec
+        signatures = {g: architecture_signature(e, codec) for g, e in layouts.items()}
+        store, run_id = prepare(cfg, run_dir)
+        return cls(store, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step,
+                   torch.uint8, sharded)
 
-    def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
+    def launch(self, step: int, local: dict[int, torch.Tensor], sizes: Optional[list[int]] = None) -> _Collect:
+        """Hand the local payloads to the background writer; the peers' are collected when waited for."""
         written = 0
         for g in self.writes:
             flat = local[g].detach().to("cpu", copy=True)
             self.writer.submit(g, step, flat, self.signatures[g])
             written += flat.numel() * flat.element_size()
+        self.traffic = (written, 0)
+        return _Collect(self, step)
+
+    def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
+        return self.launch(step, local).wait()
+
+    def collect(self, step: int) -> dict[int, Snapshot]:
+        """The peers' snapshots for an exchange launched at `step` (groups of one job: exactly that step's)."""
         if self.same_job:
             self.writer.flush()
             self.topo.barrier()
+        else:
+            self.writer.raise_error()
         if self.shards is not None:
             out = self._read_shards(step)
         else:
             out = self._share(self._choose(step) if self.leads else {})
         read = sum(s.flat.numel() * s.flat.element_size() for s in out.values())
-        self.traffic = (written, read if self.shards is not None or self.leads else 0)
+        self.traffic = (self.traffic[0], read if self.shards is not None or self.leads else 0)
         return out
 
     def close(self) -> None:
         """Write what is pending (a peer may still read this group's last snapshot); a failure is only logged."""
+        self.reader.close()
         try:
             self.writer.close()
         except ExchangeWriteError as e:
@@ -324,73 +512,26 @@ class FilesystemExchange:
 
     # --- reading (replica 0 of each group picks the version) ----------------------------------------------------
     def _choose(self, step: int) -> dict[int, Snapshot]:
+        if self.reader.thread is not None:
+            arrived = self.reader.take()
+        else:
+            arrived = {}
+            for p in self.wanted:
+                got = self.reader.fetch(p, step, step if self.same_job else None)
+                if got is not None:
+                    arrived[p] = got
         out = {}
-        for p in self.wanted:
-            snap = self._newest(p, step)
-            if snap is not None:
-                out[p] = snap
+        for p, (snap, written) in arrived.items():
+            self._log_staleness(step, p, snap.step, written)
+            self.loaded[p] = snap.step
+            out[p] = snap
         return out
-
-    def _pick(self, peer: int, step: int) -> Optional[int]:
-        """The newest complete version of `peer` in this run's layout, unless rejected before or already loaded."""
-        folder = self.root / f"group{peer}"
-        found = versions(folder)
-        if not found:
-            if peer not in self.missing_logged:
-                log.info("exchange at step %d: no snapshot of group %d yet; it is left out of the aggregate", step, peer)
-                self.missing_logged.add(peer)
-            return None
-        need = complete_tags(self.shards)
-        complete = [s for s, tags in found.items() if need <= tags]
-        newest = max(complete, default=None)
-        for s, tags in found.items():  # newer versions in another layout: a peer launched with another R
-            foreign = tags - need
-            if foreign and (newest is None or s > newest) and (peer, s) not in self.rejected:
-                self.rejected.add((peer, s))
-                log.warning("exchange: rejected snapshot %s/step%09d of group %d: written with %s, this run reads %s; "
-                            "keeping the previous copy", folder, s, peer, describe(foreign), describe(need))
-        if newest is None or (peer, newest) in self.rejected or self.loaded.get(peer) == newest:
-            return None  # rejected before, or already the teacher copy: keep it
-        return newest
-
-    def _newest(self, peer: int, step: int) -> Optional[Snapshot]:
-        newest = self._pick(peer, step)
-        if newest is None:
-            return None
-        folder = self.root / f"group{peer}"
-        try:
-            snap, written = self._read(folder, peer, newest)
-        except FileNotFoundError:
-            return None  # pruned by its writer between listing and reading: the next exchange picks a newer one
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as e:
-            self.rejected.add((peer, newest))
-            log.warning("exchange: rejected snapshot %s/step%09d of group %d: %s; keeping the previous copy",
-                        folder, newest, peer, e)
-            return None
-        self._log_staleness(step, peer, snap.step, written)
-        self.loaded[peer] = newest
-        return snap
 
     def _log_staleness(self, step: int, peer: int, taken: int, written: float) -> None:
         # In one job every exchange reads the step's own snapshots (0 steps stale): not worth a line each time.
         log.log(logging.DEBUG if self.same_job else logging.INFO,
                 "exchange at step %d: group %d snapshot of step %d, %d steps and %.1f s stale",
                 step, peer, taken, step - taken, time.time() - written)
-
-    def _read(self, folder: Path, peer: int, step: int, tag: str = "") -> tuple[Snapshot, float]:
-        manifest = json.loads((folder / f"step{step:09d}{tag}.json").read_text())
-        if manifest.get("run_id") != self.run_id:
-            raise ValueError(f"written by run {manifest.get('run_id')!r}, this run is {self.run_id!r}")
-        if manifest.get("signature") != self.signatures[peer]:
-            raise ValueError("another architecture or class count than this run's model of that group")
-        data = (folder / f"step{step:09d}{tag}.pt").read_bytes()
-        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-            raise ValueError(f"checksum mismatch ({len(data)} of {manifest['bytes']} bytes): torn or corrupted")
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        flat = payload["flat"]
-        if not isinstance(flat, torch.Tensor) or flat.numel() != self.sizes[peer] or payload["step"] != step:
-            raise ValueError("its contents do not match its manifest")
-        return Snapshot(peer, step, flat), float(manifest["time"])
 
     # --- one choice per group -----------------------------------------------------------------------------------
     def _share(self, chosen: dict[int, Snapshot]) -> dict[int, Snapshot]:
@@ -423,7 +564,9 @@ class FilesystemExchange:
         A shard that fails on any replica (missing: retried at the next exchange; torn, corrupt or foreign: rejected
         for good) leaves that peer out for the whole group, so the group's replicas keep one consistent copy.
         """
-        picks = {p: s for p in self.wanted if (s := self._pick(p, step)) is not None} if self.leads else {}
+        exact = step if self.same_job else None
+        picks = ({p: s for p in self.wanted if (s := self.reader.pick(p, step, exact)) is not None}
+                 if self.leads else {})
         header = self._agree_on_steps(picks).cpu()
         status = torch.zeros(self.topo.groups, dtype=torch.long, device=self.topo.device)  # 0 ok, 1 gone, 2 bad
         read: dict[int, tuple[Snapshot, float]] = {}
@@ -431,13 +574,13 @@ class FilesystemExchange:
             if header[p] < 0:
                 continue
             try:
-                read[p] = self._read(self.root / f"group{p}", p, int(header[p]), self.tag)
-            except FileNotFoundError:
+                read[p] = self.reader.read(p, int(header[p]), self.tag)
+            except _Missing:
                 status[p] = 1
-            except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as e:
+            except _READ_ERRORS as e:
                 status[p] = 2
-                log.warning("exchange: rejected snapshot %s/step%09d%s of group %d: %s; the group keeps its previous "
-                            "copy", self.root / f"group{p}", int(header[p]), self.tag, p, e)
+                log.warning("exchange: rejected snapshot %s/group%d/step%09d%s of group %d: %s; the group keeps its "
+                            "previous copy", self.store, p, int(header[p]), self.tag, p, e)
         dist.all_reduce(status, op=dist.ReduceOp.MAX, group=self.topo.replica_pg)
         out = {}
         for p in self.wanted:
@@ -445,14 +588,15 @@ class FilesystemExchange:
                 continue
             s = int(header[p])
             if status[p] == 2:
-                self.rejected.add((p, s))
+                self.reader.rejected.add((p, s))
                 if p in read:
-                    log.warning("exchange: snapshot %s/step%09d of group %d has a bad shard on another replica; "
-                                "the group keeps its previous copy", self.root / f"group{p}", s, p)
+                    log.warning("exchange: snapshot %s/group%d/step%09d of group %d has a bad shard on another "
+                                "replica; the group keeps its previous copy", self.store, p, s, p)
             elif status[p] == 0:
                 snap, written = read[p]
                 out[p] = Snapshot(p, s, snap.flat.to(self.topo.device))
                 self.loaded[p] = s
+                self.reader.fetched[p] = s
                 if self.leads:
                     self._log_staleness(step, p, s, written)
         return out
