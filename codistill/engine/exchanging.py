@@ -132,7 +132,7 @@ class ExchangeRunner:
     # --- land -------------------------------------------------------------------------------------------------------
     def _land(self, flight: Flight) -> None:
         snapshots = flight.handle.wait()
-        received = self._count_landing(snapshots)
+        received = self._count_landing(snapshots, flight.fragment)
         log.info("exchange launched before step %d%s landed before step %d: %s bytes received", flight.launched,
                  f" (fragment {flight.fragment} of {self.count})" if self.count > 1 else "", flight.lands,
                  received)
@@ -178,14 +178,14 @@ class ExchangeRunner:
         for g in self.workers:
             self.traffic[g][0] += per_rank * ranks
 
-    def _count_landing(self, snapshots: dict[int, Snapshot]) -> int:
+    def _count_landing(self, snapshots: dict[int, Snapshot], fragment: int) -> int:
         total = 0
         for g, w in self.workers.items():
             if self.filesystem:
                 reads = self.transport.shards is not None or self.topo.is_group_leader(g)
                 got = sum(s.flat.numel() for p, s in snapshots.items() if p != g) if reads else 0
             else:
-                sizes = self.sizes[0] if self.outer is None else [s.flat.numel() for s in snapshots.values()]
+                sizes = self.sizes[fragment] if self.outer is None else [s.flat.numel() for s in snapshots.values()]
                 got = rank_traffic(sizes, self.shards) * (self.topo.replicas if self.topo.simulated else 1)
             self.traffic[g][1] += got
             total += got

@@ -119,6 +119,20 @@ CASES = {
                                   "distillation term nan): lower optim.lr or distill.alpha"),
     "exclude_unknown_class": (["data.exclude_classes=[12]"], "data.exclude_classes has class 12"),
     "validation_without_examples": (["data.eval_split=validation"], "needs data.validation_examples > 0"),
+    # the exchange at a distance: codec, delay, fragments, URL
+    "snapshot_codec_unknown": (["distill.snapshot_codec=int4"], "distill.snapshot_codec='int4' is not one of"),
+    "exchange_delay_not_below_k": (["distill.exchange_every=4", "distill.exchange_delay=4"],
+                                   "distill.exchange_delay=4 must be in [0, distill.exchange_every=4)"),
+    "fragments_not_dividing_k": (["distill.exchange_every=6", "distill.fragments=4"],
+                                 "distill.fragments=4 must be >= 1 and divide distill.exchange_every=6"),
+    "fragments_more_than_modules": (["distill.exchange_every=10", "distill.fragments=10"],
+                                    "distill.fragments=10: the model has only"),
+    "diloco_fragments": (["distill=diloco", "distill.exchange_every=4", "distill.fragments=2"],
+                         "Streaming DiLoCo) are not supported"),
+    "exchange_url_package_missing": (["distill.exchange=filesystem", "distill.exchange_dir=gs://bucket/run"],
+                                     "needs the gcsfs package: pip install 'codistill[gcs]'"),
+    "exchange_url_with_credentials": (["distill.exchange=filesystem", "distill.exchange_dir=s3://key:secret@bucket/r"],
+                                      "must not carry credentials"),
 }
 
 
