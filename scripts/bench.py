@@ -46,6 +46,9 @@ These rows report two medians per variant: CPU time of this process (time.proces
 and wall time. With 1 thread on an idle machine they agree; on a shared machine the wall time also counts the
 waits for a core, and the CPU-time ratios are the ones that carry over.
 
+--link-mbps M runs only the slow-link section (scripts/bench_link.py): step time over a simulated link of M Mbit/s
+with no exchange, a blocking exchange, a tau-overlapped one, fragments and each snapshot codec, side by side.
+
 --memory runs, in a subprocess each, simulated G = 2, 4, 8 groups of the 784-2048-2048-10 MLP (fp32 and bfloat16
 teacher copies with SGD, fp32 copies with Adam) and reports the expected bytes of parameters, gradients,
 optimizer state and teacher copies (per torchrun rank and per simulated process) next to the measured peak RSS of
@@ -127,6 +130,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--mem-hidden", default="2048,2048", help="hidden widths of the memory section's MLP")
     p.add_argument("--mem-batch", type=int, default=128)
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
+    p.add_argument("--link-mbps", type=float, default=None,
+                   help="run only the slow-link section (scripts/bench_link.py): a simulated link of M Mbit/s")
+    p.add_argument("--link-latency-ms", type=float, default=50.0, help="the slow link's latency")
+    p.add_argument("--link-features", type=int, default=3200, help="input width of the slow-link section's MLP")
+    p.add_argument("--link-hidden", default="3200,3200,3200,3200,3200",
+                   help="hidden widths of the slow-link section's MLP (default: 51 M parameters in 5 equal layers)")
+    p.add_argument("--link-batch", type=int, default=32, help="global batch of one group in the slow-link section")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -900,6 +910,16 @@ def main(argv: Sequence[str]) -> None:
         return
     if a.threads is not None:
         torch.set_num_threads(a.threads)
+    if a.link_mbps is not None:
+        import bench_link  # scripts/ is this script's directory
+
+        with tempfile.TemporaryDirectory(prefix="codistill-bench-") as d:
+            res = bench_link.link_benchmark(a, build, simulated, Path(d))
+        res["command"] = " ".join(["python scripts/bench.py", *argv])
+        print(f"{res['command']}\n\n{bench_link.markdown(res)}")
+        if a.json is not None:
+            a.json.write_text(json.dumps(res, indent=2) + "\n")
+        return
     cfg = compose_config([f"topology.groups={a.groups}"], run_id="bench")
     layout = resolve_layout(cfg.topology)
     topo = Topology.start(layout, "cpu", 120.0)

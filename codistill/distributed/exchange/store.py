@@ -88,7 +88,8 @@ class Store:
         from fsspec.implementations.local import LocalFileSystem
 
         self.url = str(url)
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        # a fresh instance: it reads the credentials and endpoint the environment holds now
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = self.root.rstrip("/")
 

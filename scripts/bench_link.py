@@ -1,0 +1,119 @@
+"""Slow-link benchmark (scripts/bench.py --link-mbps M): step time when the groups exchange over a slow link.
+
+    python scripts/bench.py --link-mbps 400 --exchange-every 50 --threads 2     # G = 2, MLP 3200-(3200 x 5)-10
+
+One simulated-mode Trainer (G groups of an MLP, >= 50 M parameters by default) trains with teacher copies loaded;
+each variant builds its own exchange schedule (distill.snapshot_codec, distill.fragments, distill.exchange_delay)
+in front of a SimulatedLink (codistill/distributed/exchange/link.py: a transfer completes bytes / bandwidth +
+latency after it is launched, queued behind earlier transfers). Each variant runs K untimed steps (a whole period:
+the link and the flights reach their steady state), then K timed steps, so every fragment is launched once and
+every exchange lands in the timed window. Variants run one after another on the same models, so machine noise hits
+all alike; the "no exchange" row is the same loop with nothing launched.
+
+Columns: bytes one group receives at one launch (the largest: peak) and per step, over the timed window; the step
+time (the mean over the window: what a run pays, exchanges included) and its ratio to no exchange; the time the
+steps spent waiting for the link in the window. The header gives the link time of a float32 snapshot in steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from codistill.distributed.exchange.link import SimulatedLink
+from codistill.engine.exchanging import ExchangeRunner
+
+
+def variants(k: int) -> list[tuple[str, dict]]:
+    """(name, distill overrides); None for the run without exchanges."""
+    tau = k // 2
+    return [
+        ("no exchange", {}),
+        ("blocking, float32", {"snapshot_codec": "none"}),
+        ("blocking, bf16", {"snapshot_codec": "bf16"}),
+        ("blocking, int8", {"snapshot_codec": "int8"}),
+        ("blocking, fp8", {"snapshot_codec": "fp8"}),
+        (f"tau={tau}, float32", {"exchange_delay": tau}),
+        (f"tau={tau}, int8", {"exchange_delay": tau, "snapshot_codec": "int8"}),
+        ("fragments=5, blocking, float32", {"fragments": 5}),
+        (f"fragments=5, tau={k // 5 - 1}, float32", {"fragments": 5, "exchange_delay": k // 5 - 1}),
+        (f"fragments=5, tau={k // 5 - 1}, int8", {"fragments": 5, "exchange_delay": k // 5 - 1,
+                                                  "snapshot_codec": "int8"}),
+    ]
+
+
+def run_variant(trainer: Any, settings: dict, a: Any, start: int) -> dict:
+    k = a.exchange_every
+    cfg = trainer.cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    for key, value in settings.items():
+        cfg.distill[key] = value
+    runner = ExchangeRunner(cfg, trainer.topo, trainer.schedule, trainer.workers, None, trainer.run_dir, start, False)
+    link = SimulatedLink(runner.transport, a.link_mbps, a.link_latency_ms / 1000)
+    runner.transport = link
+    exchanging = bool(settings)
+
+    def steps(first: int, count: int) -> float:
+        t0 = time.perf_counter()
+        for s in range(first, first + count):
+            if exchanging:
+                runner.before_step(s)
+            for w in trainer.workers.values():
+                w.train_step(s)
+        return time.perf_counter() - t0
+
+    steps(start, k)  # a whole period untimed: the flights launched in it land in the timed one
+    link.stalled_s, link.bytes, link.peak_bytes = 0.0, 0, 0
+    elapsed = steps(start + k, k)
+    while runner.flights:  # land what is still in flight before the next variant builds its own schedule
+        runner._land(runner.flights.pop(0))
+    return {"step_s": elapsed / k, "stalled_s_per_period": link.stalled_s, "peak_bytes": link.peak_bytes,
+            "bytes_per_step": link.bytes // k}
+
+
+def link_benchmark(a: Any, build: Any, simulated: Any, tmp: Path) -> dict:
+    """`build(topo, overrides, run_dir)` and `simulated(overrides)`: bench.py's Trainer and topology makers."""
+    k = a.exchange_every
+    overrides = [
+        "topology.mode=simulated", "data=synthetic", f"data.train.features={a.link_features}",
+        f"model.hidden=[{a.link_hidden}]", f"trainer.batch_size={a.link_batch}", f"topology.groups={a.groups}",
+        "topology.device=cpu", "trainer.max_steps=1000000", "trainer.eval_every=0", "logger.plots=false",
+        "distill.burn_in_steps=0", f"distill.exchange_every={k}",
+    ]
+    trainer = build(simulated(overrides), overrides, tmp / "link")
+    trainer.exchanges.exchange_now(0)  # teacher copies loaded, as after burn-in
+    for s in range(3):  # warm-up
+        for w in trainer.workers.values():
+            w.train_step(s)
+    w = next(iter(trainer.workers.values()))
+    rows, start = [], 3
+    for name, settings in variants(k):
+        r = run_variant(trainer, settings, a, start)
+        start += 2 * k
+        rows.append({"name": name, **r})
+    params = sum(p.numel() for p in w.model.parameters())
+    full = 4 * w.flattener.numel * (a.groups - 1)
+    trainer.close()
+    return {
+        "link_mbps": a.link_mbps, "latency_ms": a.link_latency_ms, "groups": a.groups, "k": k,
+        "model": f"MLP {a.link_features}-{a.link_hidden.replace(',', '-')}-10", "params": params, "batch": a.link_batch,
+        "threads": torch.get_num_threads(),
+        "snapshot_steps": full * 8 / (a.link_mbps * 1e6) / rows[0]["step_s"], "rows": rows,
+    }
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Slow link: {res['link_mbps']:g} Mbit/s + {res['latency_ms']:g} ms, G = {res['groups']}, "
+             f"K = {res['k']}, {res['model']} ({res['params'] / 1e6:.1f} M parameters), batch {res['batch']}, "
+             f"{res['threads']} threads; a float32 snapshot takes {res['snapshot_steps']:.1f} steps on the link",
+             "", "| exchange | peak bytes / exchange | bytes / step | step (ms) | vs no exchange | waited per K steps (s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    base = res["rows"][0]["step_s"]
+    for r in res["rows"]:
+        lines.append(f"| {r['name']} | {r['peak_bytes']:,} | {r['bytes_per_step']:,} | {1000 * r['step_s']:.1f} | "
+                     f"{r['step_s'] / base:.3f} | {r['stalled_s_per_period']:.2f} |")
+    return "\n".join(lines)
