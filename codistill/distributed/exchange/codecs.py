@@ -93,6 +93,8 @@ class Codec:
                dtype: torch.dtype) -> torch.Tensor:
         """The flat vector in `dtype`; `wire_dtype`: the dtype the sender flattened in (for codec none)."""
         payload = payload.contiguous()
+        if payload.storage_offset() % 8:  # a slice of a gathered buffer: viewing it as floats needs alignment
+            payload = payload.clone()
         if self.name == "none":
             return payload.view(wire_dtype).to(dtype)
         if self.name == "bf16":
