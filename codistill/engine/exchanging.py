@@ -30,7 +30,7 @@ from codistill.distributed.exchange import CollectiveExchange, Exchange, Filesys
 from codistill.distributed.exchange.base import Done, InFlight
 from codistill.distributed.exchange.codecs import Codec, RowLayout
 from codistill.distributed.exchange.collective import rank_traffic
-from codistill.distributed.exchange.fragments import Fragment, FragmentError, due, split
+from codistill.distributed.exchange.fragments import FragmentError, due, split
 from codistill.engine.teachers import TeacherCopies
 
 log = logging.getLogger("codistill")
