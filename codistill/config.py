@@ -8,17 +8,16 @@ express (ranges, names, divisibility) and raises `ConfigError` with one line tha
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from hydra.core.config_store import ConfigStore
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; its message is one line that says what to do."""
+from codistill.errors import ConfigError  # noqa: F401  (re-exported: `from codistill.config import ConfigError`)
 
 
 @dataclass
@@ -196,6 +195,7 @@ class Config:
 
 
 MODES = ("none", "codistill", "dml", "kd", "average", "diloco")
+SNAPSHOT_CODECS = ("none", "bf16", "int8", "fp8")  # codistill/distributed/exchange/codecs.py
 OUTER_MODES = ("average", "diloco")  # the groups' states are replaced by an outer step (codistill/engine/outer.py)
 AGGREGATES = ("mean_probs", "mean_kl")
 PSIS = ("kl", "logit_mse")
@@ -233,11 +233,9 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _validate_exchange(dist: Any) -> None:
-    """The snapshot codec, delay, fragments and exchange URL (codistill/distributed/exchange/)."""
-    from codistill.distributed.exchange.codecs import CODECS  # here: the exchange package imports ConfigError
-    from codistill.distributed.exchange.store import StoreError, check_url
-
-    _choice(dist.snapshot_codec, CODECS, "distill.snapshot_codec")
+    """The snapshot codec, delay and fragments (codistill/distributed/exchange/); the exchange URL is checked when the
+    run claims it (filesystem.prepare, before any process group)."""
+    _choice(dist.snapshot_codec, SNAPSHOT_CODECS, "distill.snapshot_codec")
     _check(0 <= dist.exchange_delay < dist.exchange_every,
            f"distill.exchange_delay={dist.exchange_delay} must be in [0, distill.exchange_every={dist.exchange_every}): "
            "an exchange must land before the next one is launched")
@@ -250,11 +248,18 @@ def _validate_exchange(dist: Any) -> None:
     _check(dist.fragments == 1 or dist.exchange == "collective",
            f"distill.fragments={dist.fragments} needs distill.exchange=collective (the filesystem exchange moves "
            "whole snapshots)")
-    if dist.exchange == "filesystem" and dist.exchange_dir is not None:
-        try:
-            check_url(str(dist.exchange_dir))
-        except StoreError as e:
-            raise ConfigError(str(e)) from None
+
+
+def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
+    """trainer.preempt_signals as signals; a name that is not a catchable signal is a one-line ConfigError."""
+    out = []
+    for name in names:
+        sig = getattr(signal.Signals, str(name).upper(), None)
+        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise ConfigError(f"trainer.preempt_signals: {name!r} is not a signal a process can catch "
+                              "(use names such as SIGTERM, SIGUSR1)")
+        out.append(sig)
+    return out
 
 
 def validate(cfg: Any, replicas: int) -> None:
@@ -343,8 +348,6 @@ def validate(cfg: Any, replicas: int) -> None:
         _check(Path(dist.teacher_checkpoint).is_file(), f"distill.teacher_checkpoint={dist.teacher_checkpoint} does not exist")
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.stop_check_every >= 1, f"trainer.stop_check_every={tr.stop_check_every} must be >= 1")
-    from codistill.distributed.preemption import parse_signals  # here: it imports ConfigError from this module
-
     parse_signals(tr.preempt_signals)
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(

@@ -25,13 +25,13 @@ from typing import Any, Optional
 
 import torch
 
-from codistill.config import ConfigError
 from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
-from codistill.distributed.exchange.base import Done, InFlight
+from codistill.distributed.exchange import filesystem
+from codistill.distributed.exchange.base import Done, InFlight, StateLayout
 from codistill.distributed.exchange.codecs import Codec, RowLayout
 from codistill.distributed.exchange.collective import rank_traffic
 from codistill.distributed.exchange.fragments import FragmentError, due, split
-from codistill.engine.teachers import TeacherCopies
+from codistill.errors import ConfigError
 
 log = logging.getLogger("codistill")
 
@@ -42,8 +42,7 @@ def known_layouts(workers: dict[int, Any], groups: int) -> dict[int, list]:
     out: dict[int, list] = {}
     for g, w in workers.items():
         out[g] = list(w.flattener.entries)
-        if isinstance(w.teachers, TeacherCopies):
-            out.update({p: list(f.entries) for p, f in w.teachers.flattener.items()})
+        out.update({p: list(e) for p, e in w.teachers.layouts().items()})
     first = next(iter(out.values()))
     return {g: out.get(g, first) for g in range(groups)}
 
@@ -75,7 +74,10 @@ class ExchangeRunner:
         self.shards = topo.replicas if d.shard_exchange else 1
         self.transport: Exchange
         if self.filesystem:
-            self.transport = FilesystemExchange.for_run(cfg, topo, run_dir, layouts, self.sizes[0], start_step, sharded)
+            root, run_id = filesystem.prepare(cfg, run_dir)
+            states = StateLayout(layouts, tuple(self.sizes[0]), torch.uint8, sharded)
+            self.transport = FilesystemExchange.for_run(root, run_id, d.exchange_keep, topo, states, start_step,
+                                                        d.snapshot_codec)
         elif topo.simulated:
             self.transport = LocalExchange()
         else:

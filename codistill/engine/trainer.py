@@ -21,32 +21,26 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.distributed import sharding
-
-from codistill.engine import vectorized
-
-from codistill.io import checkpoint, metrics
-from codistill.engine.algorithm import Schedule
+from codistill.components.data.pipeline import Labels, to_device
 from codistill.components.registry import Components
-from codistill.config import ConfigError
-from codistill.components.data.pipeline import DataFormatError, Labels, to_device
+from codistill.distributed import sharding
+from codistill.distributed.preemption import StopFlag
+from codistill.distributed.topology import Topology
+from codistill.engine import vectorized
+from codistill.engine.algorithm import Schedule
 from codistill.engine.kd import FixedTeacher, load_teacher
-from codistill.engine.logits import ModelOutputError, as_logits
-from codistill.io.loggers import open_sinks
+from codistill.engine.logits import as_logits
 from codistill.engine.exchanging import ExchangeRunner
 from codistill.engine.outer import OuterStep
 from codistill.engine.precision import TEACHER_DTYPES
-from codistill.distributed.preemption import Preempted, StopFlag
-from codistill.io.reporting import format_progress
 from codistill.engine.teachers import TeacherPool
-from codistill.distributed.topology import Topology
 from codistill.engine.worker import GroupWorker, shard_teacher
+from codistill.errors import ConfigError, DataFormatError, ModelOutputError, NonFiniteLossError, Preempted
+from codistill.io import checkpoint, metrics
+from codistill.io.loggers import open_sinks
+from codistill.io.reporting import format_progress
 
 log = logging.getLogger("codistill")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @torch.no_grad()

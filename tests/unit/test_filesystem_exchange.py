@@ -86,9 +86,9 @@ def test_old_snapshots_are_pruned_and_a_restart_drops_its_future(tmp_path: Path)
     a.close()
     # A job that restarts at step 2 removes its snapshot of step 3: no peer may read a state it will not reach.
     from codistill.distributed.exchange.filesystem import FilesystemExchange
-    from codistill.engine.exchanging import known_layouts
 
-    FilesystemExchange.for_run(a.cfg, a.topo, a.run_dir, known_layouts(a.workers, 2), a.exchanges.sizes[0], 2).close()
+    ex = a.exchanges.transport
+    FilesystemExchange(ex.store, ex.run_id, ex.topo, ex.signatures, ex.sizes, keep=2, start_step=2).close()
     assert snapshot_steps(folder) == [2]
 
 

@@ -8,7 +8,7 @@ that can overlap the transfer with training (an asynchronous all-gather, a backg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Mapping, Optional, Protocol
 
 import torch
 
@@ -20,6 +20,24 @@ class Snapshot:
     group: int
     step: int
     flat: torch.Tensor
+
+
+Entries = tuple[tuple[str, tuple[int, ...], int], ...]  # (name, shape, numel) of each tensor, in flattening order
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What a transport knows of the states it moves (no model, no worker): their flattened layout and payloads.
+
+    `entries[g]`: the layout of every group this process publishes or reads (this replica's local shards with
+    `sharded`, topology.strategy=fsdp); `sizes[g]`: the length of every group's payload on this rank, in `dtype`
+    (uint8: a codec's bytes, codistill/distributed/exchange/codecs.py).
+    """
+
+    entries: Mapping[int, Entries]
+    sizes: tuple[int, ...]
+    dtype: torch.dtype = torch.uint8
+    sharded: bool = False
 
 
 class InFlight(Protocol):

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-CODECS = ("none", "bf16", "int8", "fp8")
+from codistill.config import SNAPSHOT_CODECS as CODECS
 
 
 @dataclass(frozen=True)

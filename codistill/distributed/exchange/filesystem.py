@@ -52,20 +52,15 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.config import ConfigError
-from codistill.distributed.exchange.base import Snapshot
+from codistill.distributed.exchange.base import Entries, Snapshot, StateLayout
 from codistill.distributed.exchange.store import Store, StoreError, bounded, check_url
-from codistill.io.checkpoint import StorageError
+from codistill.errors import ConfigError, ExchangeWriteError
 
 log = logging.getLogger(__name__)
 
 _MANIFEST = re.compile(r"step(\d{9})((?:\.shard\d+of\d+)?)\.json$")
 POLL_S = 1.0  # separate jobs: the prefetcher lists the peers' folders at least this often
 _READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError)
-
-
-class ExchangeWriteError(StorageError):
-    """Publishing a snapshot failed (disk full, directory gone or unwritable, endpoint unreachable)."""
 
 
 class _Missing(Exception):
@@ -98,9 +93,9 @@ def run_identity(cfg: Any) -> str:
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def architecture_signature(entries: list[tuple[str, torch.Size, int]], codec: str = "none") -> str:
-    """Names and shapes of a flattened state (StateFlattener.entries) and its codec: differs with architecture,
-    class count or snapshot codec."""
+def architecture_signature(entries: Entries, codec: str = "none") -> str:
+    """Names and shapes of a flattened state (StateLayout.entries) and its codec: differs with architecture, class
+    count or snapshot codec."""
     text = repr([(n, tuple(s)) for n, s, _ in entries]) + ("" if codec == "none" else f"|{codec}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -464,15 +459,13 @@ class FilesystemExchange:
         self.writer = _Writer(self.store, run_id, keep, self.tag)
 
     @classmethod
-    def for_run(cls, cfg: Any, topo: Any, run_dir: Path, layouts: dict[int, list], sizes: list[int],
-                start_step: int, sharded: bool = False) -> "FilesystemExchange":
-        """The exchange of a Trainer: its store claimed for this run. `layouts[g]`: the flattener entries of every
-        group this process knows; `sizes[g]`: every group's payload bytes."""
-        codec = cfg.distill.snapshot_codec
-        signatures = {g: architecture_signature(e, codec) for g, e in layouts.items()}
-        store, run_id = prepare(cfg, run_dir)
-        return cls(store, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step,
-                   torch.uint8, sharded)
+    def for_run(cls, root: Store, run_id: str, keep: int, topo: Any, states: StateLayout, start_step: int,
+                codec: str = "none") -> "FilesystemExchange":
+        """The exchange of a run whose store `prepare` claimed, for the groups `states` describes (their payloads:
+        `codec`'s bytes)."""
+        signatures = {g: architecture_signature(e, codec) for g, e in states.entries.items()}
+        return cls(root, run_id, topo, signatures, dict(enumerate(states.sizes)), keep, start_step, states.dtype,
+                   states.sharded)
 
     def launch(self, step: int, local: dict[int, torch.Tensor], sizes: Optional[list[int]] = None) -> _Collect:
         """Hand the local payloads to the background writer; the peers' are collected when waited for."""
