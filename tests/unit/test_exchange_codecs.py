@@ -154,3 +154,18 @@ def test_resume_with_a_snapshot_in_flight_is_bit_identical(tmp_path: Path) -> No
         assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
         assert a.teachers.state_dict()[1 - g]["fragment_steps"] == b.teachers.state_dict()[1 - g]["fragment_steps"]
         assert torch.equal(a.teachers.state_dict()[1 - g]["flat"], b.teachers.state_dict()[1 - g]["flat"])
+
+
+def test_diloco_pseudo_gradients_travel_in_the_codec(tmp_path: Path) -> None:
+    """The first outer exchange (group 0's initial state) travels unencoded; every later pseudo-gradient in int8."""
+    trainer = make_trainer([*SHORT, "distill=diloco", "distill.burn_in_steps=0", "distill.snapshot_codec=int8"],
+                           tmp_path)
+    trainer.fit()
+    trainer.close()
+    w = trainer.workers[0]
+    numel, rows = w.flattener.numel, RowLayout.of(w.flattener.entries).rows
+    rec = records(tmp_path)
+    assert all(r["train/loss"] == r["train/loss"] for r in rec)
+    # outer steps before steps 0 (float32 state), 4, 8: records at 4 (0 only), 8 (4), 12 (8)
+    assert [r["exchange/bytes_sent"] for r in rec] == [4 * numel, numel + 4 * rows, numel + 4 * rows]
+    assert trainer.outer.started and torch.isfinite(trainer.outer.params).all()
