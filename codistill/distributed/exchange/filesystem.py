@@ -330,7 +330,7 @@ class _Reader:
                 return
             for peer in self.wanted:
                 try:
-                    got = self.fetch(peer, 0, None)
+                    got = self.fetch(peer, None)
                 except _READ_ERRORS as e:  # the store is unreachable for now: the copy only gets staler
                     log.warning("exchange: could not list or read group %d's snapshots: %s", peer, e)
                     got = None
@@ -342,13 +342,14 @@ class _Reader:
                 self.cv.notify_all()
 
     # --- one peer -----------------------------------------------------------------------------------------------
-    def pick(self, peer: int, step: int, exact: Optional[int]) -> Optional[int]:
+    def pick(self, peer: int, exact: Optional[int]) -> Optional[int]:
         """The newest complete version of `peer` (`exact`: that step only), unless rejected or already fetched."""
         folder = f"group{peer}"
         found = versions(self.store, folder)
         if not found:
             if peer not in self.missing_logged:
-                log.info("exchange at step %d: no snapshot of group %d yet; it is left out of the aggregate", step, peer)
+                log.info("exchange: no snapshot of group %d yet; it is left out of the aggregate until one arrives",
+                         peer)
                 self.missing_logged.add(peer)
             return None
         complete = [s for s, tags in found.items() if self.need <= tags and (exact is None or s == exact)]
@@ -364,13 +365,13 @@ class _Reader:
             return None  # rejected before, or already fetched: keep the copy
         return newest
 
-    def fetch(self, peer: int, step: int, exact: Optional[int], tag: str = "") -> Optional[tuple[Snapshot, float]]:
+    def fetch(self, peer: int, exact: Optional[int]) -> Optional[tuple[Snapshot, float]]:
         """Pick and read `peer`'s newest version; None if there is none new, or it was rejected (logged once)."""
-        newest = self.pick(peer, step, exact)
+        newest = self.pick(peer, exact)
         if newest is None:
             return None
         try:
-            got = self.read(peer, newest, tag)
+            got = self.read(peer, newest)
         except _Missing:
             return None
         except _READ_ERRORS as e:
@@ -510,7 +511,7 @@ class FilesystemExchange:
         else:
             arrived = {}
             for p in self.wanted:
-                got = self.reader.fetch(p, step, step if self.same_job else None)
+                got = self.reader.fetch(p, step if self.same_job else None)
                 if got is not None:
                     arrived[p] = got
         out = {}
@@ -558,7 +559,7 @@ class FilesystemExchange:
         for good) leaves that peer out for the whole group, so the group's replicas keep one consistent copy.
         """
         exact = step if self.same_job else None
-        picks = ({p: s for p in self.wanted if (s := self.reader.pick(p, step, exact)) is not None}
+        picks = ({p: s for p in self.wanted if (s := self.reader.pick(p, exact)) is not None}
                  if self.leads else {})
         header = self._agree_on_steps(picks).cpu()
         status = torch.zeros(self.topo.groups, dtype=torch.long, device=self.topo.device)  # 0 ok, 1 gone, 2 bad
