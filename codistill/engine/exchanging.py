@@ -53,6 +53,7 @@ class Flight:
     lands: int
     fragment: int
     handle: InFlight
+    sizes: list[int]  # every group's payload bytes
 
 
 class ExchangeRunner:
@@ -127,17 +128,15 @@ class ExchangeRunner:
         sizes = [codec.payload_bytes(self.fragments[g][fragment].layout, next(iter(local.values())).dtype)
                  for g in range(self.topo.groups)]
         handle = self.transport.launch(step, payloads, sizes)
-        self.flights.append(Flight(step, lands, fragment, handle))
+        self.flights.append(Flight(step, lands, fragment, handle, sizes))
         self._count_launch(payloads, sizes)
         self.flights.sort(key=lambda f: f.lands)
 
     # --- land -------------------------------------------------------------------------------------------------------
     def _land(self, flight: Flight) -> None:
         snapshots = flight.handle.wait()
-        received = self._count_landing(snapshots, flight.fragment)
-        log.info("exchange launched before step %d%s landed before step %d: %s bytes received", flight.launched,
-                 f" (fragment {flight.fragment} of {self.count})" if self.count > 1 else "", flight.lands,
-                 received)
+        self._count_landing(snapshots, flight.fragment)
+        self._log(flight)
         if self.outer is not None:
             self._outer_step(flight, snapshots)
             return
@@ -180,8 +179,7 @@ class ExchangeRunner:
         for g in self.workers:
             self.traffic[g][0] += per_rank * ranks
 
-    def _count_landing(self, snapshots: dict[int, Snapshot], fragment: int) -> int:
-        total = 0
+    def _count_landing(self, snapshots: dict[int, Snapshot], fragment: int) -> None:
         for g, w in self.workers.items():
             if self.filesystem:
                 reads = self.transport.shards is not None or self.topo.is_group_leader(g)
@@ -190,8 +188,20 @@ class ExchangeRunner:
                 sizes = self.sizes[fragment] if self.outer is None else [s.flat.numel() for s in snapshots.values()]
                 got = rank_traffic(sizes, self.shards) * (self.topo.replicas if self.topo.simulated else 1)
             self.traffic[g][1] += got
-            total += got
-        return total
+
+    def _log(self, flight: Flight) -> None:
+        """This rank's bytes of one exchange (per peer for the collective: the all-gather's piece)."""
+        where = ""
+        if self.count > 1 or flight.lands != flight.launched:
+            where = f" (fragment {flight.fragment} of {self.count}, landed before step {flight.lands})"
+        if isinstance(self.transport, CollectiveExchange):
+            piece = rank_traffic(flight.sizes, self.shards) // max(self.topo.groups - 1, 1)
+            log.info("exchange at step %d: sent %d bytes to each of %d peer group(s), received %d bytes%s",
+                     flight.launched, piece, self.topo.groups - 1, piece * (self.topo.groups - 1), where)
+        elif isinstance(self.transport, FilesystemExchange):
+            written, read = self.transport.traffic
+            log.info("exchange at step %d: wrote %d snapshot bytes to the exchange directory, read %d%s",
+                     flight.launched, written, read, where)
 
     def take_traffic(self) -> dict[int, tuple[int, int]]:
         """Bytes sent and received per local group since the last call."""
@@ -203,7 +213,7 @@ class ExchangeRunner:
     def state_dict(self) -> dict:
         """The exchanges still in flight, waited for: a resumed run lands the same bytes at the same step."""
         return {"flights": [
-            {"launched": f.launched, "lands": f.lands, "fragment": f.fragment,
+            {"launched": f.launched, "lands": f.lands, "fragment": f.fragment, "sizes": f.sizes,
              "snapshots": {g: {"step": s.step, "flat": s.flat.cpu()} for g, s in f.handle.wait().items()}}
             for f in self.flights]}
 
@@ -211,7 +221,7 @@ class ExchangeRunner:
         device = self.topo.device
         self.flights = [Flight(f["launched"], f["lands"], f["fragment"],
                                Done({int(g): Snapshot(int(g), s["step"], s["flat"].to(device))
-                                     for g, s in f["snapshots"].items()}))
+                                     for g, s in f["snapshots"].items()}), list(f["sizes"]))
                         for f in state["flights"]]
 
     def close(self) -> None:
