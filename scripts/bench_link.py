@@ -11,8 +11,11 @@ every exchange lands in the timed window. Variants run one after another on the 
 all alike; the "no exchange" row is the same loop with nothing launched.
 
 Columns: bytes one group receives at one launch (the largest: peak) and per step, over the timed window; the step
-time (the mean over the window: what a run pays, exchanges included) and its ratio to no exchange; the time the
-steps spent waiting for the link in the window. The header gives the link time of a float32 snapshot in steps.
+time (the mean over the window: what a run pays, exchanges included) and its ratio to no exchange; the CPU time
+per step of this process (encoding, decoding and loading included, the link's sleep not: on a shared machine the
+wall time also counts the waits for a core); the time the steps spent waiting for the link in the window. "No
+exchange" runs first and last; the ratios are to the mean of the two. The header gives the link time of a float32
+snapshot in steps.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def variants(k: int) -> list[tuple[str, dict]]:
         (f"tau={tau}, float32", {"exchange_delay": tau}),
         ("fragments=5, blocking, float32", {"fragments": 5}),
         (f"fragments=5, tau={k // 5 - 1}, float32", {"fragments": 5, "exchange_delay": k // 5 - 1}),
+        ("no exchange (again)", {}),  # the machine's drift over the run: the baseline is the mean of both
     ]
 
 
@@ -55,19 +59,20 @@ def run_variant(trainer: Any, settings: dict, a: Any, start: int) -> dict:
     runner.transport = link
     exchanging = bool(settings)
 
-    def steps(first: int, count: int) -> float:
-        t0 = time.perf_counter()
+    def steps(first: int, count: int) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         for s in range(first, first + count):
             if exchanging:
                 runner.before_step(s)
             for w in trainer.workers.values():
                 w.train_step(s)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    elapsed = steps(start, k)  # start is a multiple of K: every launch of the window also lands in it (tau < K/F)
+    # start is a multiple of K: every launch of the window also lands in it (tau < K / F)
+    elapsed, cpu = steps(start, k)
     assert not runner.flights
-    return {"step_s": elapsed / k, "stalled_s_per_period": link.stalled_s, "peak_bytes": link.peak_bytes,
-            "bytes_per_step": link.bytes // k}
+    return {"step_s": elapsed / k, "cpu_s": cpu / k, "stalled_s_per_period": link.stalled_s,
+            "peak_bytes": link.peak_bytes, "bytes_per_step": link.bytes // k}
 
 
 def link_benchmark(a: Any, build: Any, simulated: Any, tmp: Path) -> dict:
@@ -97,7 +102,8 @@ def link_benchmark(a: Any, build: Any, simulated: Any, tmp: Path) -> dict:
         "link_mbps": a.link_mbps, "latency_ms": a.link_latency_ms, "groups": a.groups, "k": k,
         "model": f"MLP {a.link_features}-{a.link_hidden.replace(',', '-')}-10", "params": params, "batch": a.link_batch,
         "threads": torch.get_num_threads(),
-        "snapshot_steps": full * 8 / (a.link_mbps * 1e6) / rows[0]["step_s"], "rows": rows,
+        "snapshot_steps": full * 8 / (a.link_mbps * 1e6) / ((rows[0]["step_s"] + rows[-1]["step_s"]) / 2),
+        "rows": rows,
     }
 
 
@@ -105,10 +111,13 @@ def markdown(res: dict) -> str:
     lines = [f"Slow link: {res['link_mbps']:g} Mbit/s + {res['latency_ms']:g} ms, G = {res['groups']}, "
              f"K = {res['k']}, {res['model']} ({res['params'] / 1e6:.1f} M parameters), batch {res['batch']}, "
              f"{res['threads']} threads; a float32 snapshot takes {res['snapshot_steps']:.1f} steps on the link",
-             "", "| exchange | peak bytes / exchange | bytes / step | step (ms) | vs no exchange | waited per K steps (s) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    base = res["rows"][0]["step_s"]
+             "", "| exchange | peak bytes / exchange | bytes / step | step (ms) | vs no exchange | CPU (ms) / step | "
+             "vs no exchange | waited for the link per K steps (s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    bases = [r for r in res["rows"] if not r["peak_bytes"]]
+    base, base_cpu = (sum(r[key] for r in bases) / len(bases) for key in ("step_s", "cpu_s"))
     for r in res["rows"]:
-        lines.append(f"| {r['name']} | {r['peak_bytes']:,} | {r['bytes_per_step']:,} | {1000 * r['step_s']:.1f} | "
-                     f"{r['step_s'] / base:.3f} | {r['stalled_s_per_period']:.2f} |")
+        lines.append(f"| {r['name']} | {r['peak_bytes']:,} | {r['bytes_per_step']:,} | {1000 * r['step_s']:.0f} | "
+                     f"{r['step_s'] / base:.3f} | {1000 * r['cpu_s']:.0f} | {r['cpu_s'] / base_cpu:.3f} | "
+                     f"{r['stalled_s_per_period']:.2f} |")
     return "\n".join(lines)
