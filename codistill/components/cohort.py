@@ -20,20 +20,21 @@ from codistill.errors import ConfigError
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-def preset(name: str, cfg: Any) -> DictConfig:
-    """conf/model/<name>.yaml, its interpolations (${data.num_classes}, ...) resolved against the run's `cfg`."""
+def preset(name: str, data: Any) -> DictConfig:
+    """conf/model/<name>.yaml, its interpolations (${data.num_classes}, ...) resolved against the run's `data`
+    section."""
     path = PRESETS / f"{name}.yaml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise ConfigError(f"model preset {name!r} does not exist: choose one of {names}")
-    scope = OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=True), "model": OmegaConf.load(path)})
+    scope = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True), "model": OmegaConf.load(path)})
     return OmegaConf.create(OmegaConf.to_container(scope.model, resolve=True))
 
 
-def resolve(spec: Any, cfg: Any, where: str) -> Any:
+def resolve(spec: Any, data: Any, where: str) -> Any:
     """A preset name or a model mapping -> the model's component node."""
     if isinstance(spec, str):
-        return preset(spec, cfg)
+        return preset(spec, data)
     if isinstance(spec, (dict, DictConfig)):
         return spec
     raise ConfigError(f"{where}={spec!r} must be a conf/model preset name or a model mapping with _target_")
@@ -46,7 +47,7 @@ def group_models(cfg: Any) -> list[Any]:
         return [cfg.model] * groups
     if len(specs) != groups:
         raise ConfigError(f"model_per_group lists {len(specs)} models for topology.groups={groups}: give one per group")
-    return [resolve(s, cfg, f"model_per_group[{g}]") for g, s in enumerate(specs)]
+    return [resolve(s, cfg.data, f"model_per_group[{g}]") for g, s in enumerate(specs)]
 
 
 def where(cfg: Any, group: int) -> str:
@@ -63,4 +64,4 @@ def validate(cfg: Any) -> None:
     """Before any process group: every model's import path resolves and accepts its arguments (a kd teacher's too)."""
     factories(cfg)
     if cfg.distill.mode == "kd" and cfg.distill.teacher_model is not None:
-        instantiate.check_arguments(preset(cfg.distill.teacher_model, cfg), "distill.teacher_model")
+        instantiate.check_arguments(preset(cfg.distill.teacher_model, cfg.data), "distill.teacher_model")

@@ -274,10 +274,12 @@ class Topology:
     # --- process groups (None in simulated mode) --------------------------------------------------------------
     @property
     def replica_pg(self) -> Optional[dist.ProcessGroup]:
+        """mesh["replica"]: the R ranks of this rank's group (its DDP / FSDP process group)."""
         return None if self.mesh is None else self.mesh["replica"].get_group()
 
     @property
-    def group_pg(self) -> Optional[dist.ProcessGroup]:
+    def cross_group_pg(self) -> Optional[dist.ProcessGroup]:
+        """mesh["group"]: this rank and the ranks of the same replica index in every other group (the exchange path)."""
         return None if self.mesh is None else self.mesh["group"].get_group()
 
     def group_leader_rank(self) -> int:

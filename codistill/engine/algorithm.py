@@ -87,6 +87,27 @@ class LossParts:
     distill: torch.Tensor
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """Algorithm 1's loss settings: distill.alpha, temperature, psi, aggregate and loss.ignore_index."""
+
+    alpha: float = 1.0
+    temperature: float = 1.0
+    psi: str = "kl"
+    aggregate: str = "mean_probs"
+    ignore_index: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, distill: Any, loss: Any) -> "LossSpec":
+        """From the `distill` and `loss` config sections."""
+        return cls(distill.alpha, distill.temperature, distill.psi, distill.aggregate, loss.ignore_index)
+
+    def __call__(self, logits: torch.Tensor, teacher_logits: list[torch.Tensor], y: torch.Tensor, groups: int = 0
+                 ) -> LossParts:
+        return loss_from_logits(logits, teacher_logits, y, self.alpha, self.temperature, self.psi, self.aggregate,
+                                groups=groups, ignore_index=self.ignore_index)
+
+
 def codistill_loss(
     student: nn.Module,
     teacher_logits: list[torch.Tensor],

@@ -13,7 +13,7 @@ import torch
 from codistill.components.registry import from_config
 from codistill.config import validate
 from codistill.distributed.topology import Topology, resolve_layout
-from codistill.engine.trainer import Trainer
+from codistill.build import build_trainer
 from tests.helpers import make_config
 
 
@@ -23,7 +23,7 @@ def main(run_dir: Path, overrides: list[str]) -> None:
     layout = resolve_layout(cfg.topology)
     validate(cfg, layout.replicas)
     topo = Topology.start(layout, "cpu")
-    trainer = Trainer(cfg, topo, run_dir, from_config(cfg))
+    trainer = build_trainer(cfg, topo, run_dir, from_config(cfg))
     (g, w), ex = next(iter(trainer.workers.items())), trainer.exchange
     peer, folder = 1 - g, ex.root / f"group{1 - g}"
 

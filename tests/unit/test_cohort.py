@@ -19,7 +19,7 @@ def _widths(model: torch.nn.Module) -> list[int]:
 
 def test_hinton_presets() -> None:
     cfg = make_config(["data=mnist"])
-    teacher, student, tiny = (cohort.preset(n, cfg) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
+    teacher, student, tiny = (cohort.preset(n, cfg.data) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
     assert (list(teacher.hidden), teacher.dropout, teacher.input_dropout) == ([1200, 1200], 0.5, 0.2)
     assert (list(student.hidden), student.dropout) == ([800, 800], 0.0)
     assert list(tiny.hidden) == [30, 30] and list(tiny.input_shape) == [1, 28, 28]  # sized by the run's data

@@ -34,7 +34,7 @@ def test_no_distillation_before_burn_in_and_present_after(tmp_path: Path) -> Non
 
     # The gradient carries the distillation term after burn-in: it differs from the label-only gradient.
     x, y = w._batch(BURN_IN + 1, 0)
-    d = trainer.cfg.distill
+    d = w.loss  # the distill section's alpha, temperature, psi, aggregate
 
     def grad(teacher_logits: list) -> torch.Tensor:
         w.model.zero_grad()

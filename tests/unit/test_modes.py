@@ -48,7 +48,7 @@ def test_codistill_is_ce_then_ce_plus_alpha_psi_after_burn_in(tmp_path: Path, ps
 
 def test_dml_distills_from_the_first_step_and_exchanges_every_step(tmp_path: Path) -> None:
     trainer = _fit(["distill=dml", "distill.alpha=2.0", "trainer.max_steps=3"], tmp_path)
-    assert trainer.cfg.distill.aggregate == "mean_kl"
+    assert trainer.workers[0].loss.aggregate == "mean_kl"
     assert all(trainer.schedule.exchange_before(s) for s in range(3))
     for r in _records(tmp_path):
         assert r["staleness"] == 1  # read after the step: the copies are the peers as they entered it
