@@ -23,6 +23,7 @@ from omegaconf import open_dict
 from torch import nn
 from torch.utils.data import Dataset
 
+from codistill.build import cohort_of, validate_components
 from codistill.components import cohort
 from codistill.components.registry import Components, data_from_config, training_data
 from codistill.compose import compose_config
@@ -70,8 +71,8 @@ def fit(
                 cfg.model = python_object(model)
                 cfg.model_per_group = []
         else:
-            cohort.validate(cfg)
-            models = cohort.factories(cfg)
+            validate_components(cfg)
+            models = cohort.factories(cohort_of(cfg))
         if train_data is not None:
             data = training_data(train_data, eval_data, collate_fn, cfg.seed, cfg.data)
             with open_dict(cfg):

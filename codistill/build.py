@@ -25,7 +25,9 @@ from omegaconf import OmegaConf
 
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import GroupBatches, Labels
-from codistill.components.registry import Components
+from codistill.components import cohort
+from codistill.components.cohort import Cohort
+from codistill.components.registry import Components, data_from_config
 from codistill.components.rng import ReplicaRNG
 from codistill.distributed import sharding
 from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange
@@ -73,6 +75,21 @@ def run_identity(cfg: Any) -> str:
     }
     text = json.dumps(shared, sort_keys=True)
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cohort_of(cfg: Any) -> Cohort:
+    """Which model each group trains (`model`, `model_per_group`, `topology.groups`; `data` sizes presets)."""
+    return Cohort(cfg.model, tuple(cfg.get("model_per_group") or ()), cfg.topology.groups, cfg.data)
+
+
+def validate_components(cfg: Any) -> None:
+    """Before any process group: every model's import path resolves and accepts its arguments (a kd teacher's too)."""
+    cohort.validate(cohort_of(cfg), cfg.distill.teacher_model if cfg.distill.mode == "kd" else None)
+
+
+def components_from_config(cfg: Any) -> Components:
+    """The run's models and data, built by import path (before any process group: every error here is one line)."""
+    return Components(cohort.factories(cohort_of(cfg)), data_from_config(cfg.data, cfg.seed))
 
 
 def exchange_directory(cfg: Any, run_dir: Path) -> tuple[Path, str]:

@@ -27,9 +27,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from codistill.build import build_trainer, exchange_directory
-from codistill.components import cohort
-from codistill.components.registry import Components, from_config
+from codistill.build import build_trainer, components_from_config, exchange_directory, validate_components
+from codistill.components.registry import Components
 from codistill.config import installed, register_configs, validate
 from codistill.distributed import sharding
 from codistill.distributed.exchange import filesystem
@@ -82,8 +81,8 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
         if components is None:
-            cohort.validate(cfg)
-            components = from_config(cfg)
+            validate_components(cfg)
+            components = components_from_config(cfg)
         if dist.is_available() and dist.is_initialized():
             raise ConfigError(
                 "a process group is already initialised in this process: every run needs a fresh process "

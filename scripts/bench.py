@@ -80,7 +80,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from codistill import cohort  # noqa: E402
-from codistill.components.registry import Components, from_config, training_data  # noqa: E402
+from codistill.components.registry import Components, training_data  # noqa: E402
 from codistill.compose import compose_config  # noqa: E402
 from codistill.config import validate  # noqa: E402
 from codistill.components.data.pipeline import TrainingData, fetch  # noqa: E402
@@ -88,7 +88,7 @@ from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
 from codistill.engine.optim import build_optimizer  # noqa: E402
 from codistill.engine.precision import PRECISIONS  # noqa: E402
 from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
-from codistill.build import build_trainer  # noqa: E402
+from codistill.build import build_trainer, cohort_of, components_from_config  # noqa: E402
 from codistill.engine.trainer import Trainer  # noqa: E402
 from codistill.engine.worker import GroupWorker  # noqa: E402
 
@@ -153,7 +153,7 @@ def build(topo: Topology, overrides: list[str], run_dir: Path, data: Optional[Da
     """A Trainer of the config `overrides`, on the config's datasets or on `data(cfg)`."""
     cfg = compose_config(overrides, run_id="bench")
     validate(cfg, topo.replicas)
-    components = from_config(cfg) if data is None else Components(cohort.factories(cfg), data(cfg))
+    components = components_from_config(cfg) if data is None else Components(cohort.factories(cohort_of(cfg)), data(cfg))
     return build_trainer(cfg, topo, run_dir, components)
 
 

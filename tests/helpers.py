@@ -11,11 +11,10 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
-from codistill.components.registry import from_config
 from codistill.compose import compose_config
 from codistill.config import validate
 from codistill.distributed.topology import Topology, resolve_layout
-from codistill.build import build_trainer
+from codistill.build import build_trainer, components_from_config
 from codistill.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def make_trainer(overrides: Sequence[str], run_dir: Path, base: Sequence[str] = 
     cfg = make_config(["topology.mode=simulated", *overrides], base)
     layout = resolve_layout(cfg.topology, env={})
     validate(cfg, layout.replicas)
-    return build_trainer(cfg, Topology.start(layout, "cpu"), run_dir, from_config(cfg))
+    return build_trainer(cfg, Topology.start(layout, "cpu"), run_dir, components_from_config(cfg))
 
 
 def clean_env() -> dict[str, str]:

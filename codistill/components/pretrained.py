@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from codistill.components import cohort, instantiate
@@ -45,7 +44,7 @@ def model_node(path: str, config: Optional[dict], group: int, data: Any, model_n
             f"checkpoint {path} is a bare state_dict: name its architecture with a conf/model preset "
             "(distill.teacher_model=NAME)"
         )
-    return cohort.group_models(OmegaConf.create(config))[group]
+    return cohort.Cohort.from_record(config).models()[group]
 
 
 def load_model(path: str, data: Any, model_name: Optional[str] = None) -> nn.Module:

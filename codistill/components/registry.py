@@ -1,6 +1,6 @@
 """What a run trains, and on what: a builder of each group's model and the data pipeline.
 
-The CLI makes them from config by import path (`from_config`); `codistill.fit` takes them as Python objects. The
+The CLI makes them from config by import path (codistill/build.py's `components_from_config`); `codistill.fit` takes them as Python objects. The
 Trainer receives them ready-made either way, so a user's components and the presets take one path.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from codistill.components import cohort, instantiate
+from codistill.components import instantiate
 from codistill.errors import ConfigError
 from codistill.components.data.pipeline import DataFormatError, LoaderOptions, TrainingData, TrainSetOptions
 
@@ -50,7 +50,3 @@ def data_from_config(d: Any, seed: int) -> TrainingData:
     collate = instantiate.optional_build(d.collate_fn, "data.collate_fn")
     return training_data(train, eval_data, collate, seed, d)
 
-
-def from_config(cfg: Any) -> Components:
-    """Build the run's components from config (before any process group: every error here is one line)."""
-    return Components(cohort.factories(cfg), data_from_config(cfg.data, cfg.seed))

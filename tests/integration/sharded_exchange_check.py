@@ -15,9 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
-from codistill.components.registry import from_config  # noqa: E402
 from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
-from codistill.build import build_trainer  # noqa: E402
+from codistill.build import build_trainer, components_from_config  # noqa: E402
 from tests.helpers import make_config  # noqa: E402
 
 
@@ -44,7 +43,7 @@ def train(topo: Topology, out: Path, sharded: bool) -> list[torch.Tensor]:
         "distill.burn_in_steps=3", "distill.exchange_every=4", f"distill.shard_exchange={str(sharded).lower()}",
         "logger.plots=false",
     ])
-    trainer = build_trainer(cfg, topo, out / ("sharded" if sharded else "full"), from_config(cfg))
+    trainer = build_trainer(cfg, topo, out / ("sharded" if sharded else "full"), components_from_config(cfg))
     try:
         trainer.fit()
         return [p.detach().clone() for p in trainer.workers[topo.layout.group].model.parameters()]

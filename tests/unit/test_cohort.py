@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codistill.build import validate_components
 from codistill.components import cohort
 from codistill.config import ConfigError, validate
 from codistill.engine.teachers import state_sizes
@@ -60,7 +61,7 @@ def test_bad_cohorts_are_one_line_config_errors(overrides: list[str], message: s
     cfg = make_config(overrides)
     with pytest.raises(ConfigError, match=message) as e:
         validate(cfg, 1)
-        cohort.validate(cfg)
+        validate_components(cfg)
     assert "\n" not in str(e.value)
 
 

@@ -125,6 +125,24 @@ def test_errors_import_nothing_heavy() -> None:
     assert imported <= {"__future__", "typing"}
 
 
+ENTRY_POINTS = {"codistill.train", "codistill.api", "codistill.build", "codistill.compose", "codistill.config"}
+
+
+def test_only_entry_points_take_the_whole_config() -> None:
+    """A parameter named `cfg` is the whole config, which only the entry points and config.validate receive; every
+    other part takes its own section (named after it) or a small frozen dataclass made from it."""
+    takers = []
+    for name, path in modules().items():
+        if name in ENTRY_POINTS or name.startswith("codistill.tools"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+                if "cfg" in args:
+                    takers.append(f"{name}.{node.name}")
+    assert not takers, "take a config section, not the whole config:\n" + "\n".join(sorted(takers))
+
+
 # Old public paths (users' code and configs name them) and the object each must be.
 LEGACY = {
     "codistill.models.MLP": "codistill.components.models.mlp.MLP",
