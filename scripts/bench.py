@@ -259,7 +259,7 @@ def step_times(topo: Topology, plain: Trainer, codist: Trainer, burst: int, repe
     codist._exchange(0)  # load teacher copies, as after burn-in
     g = topo.local_groups[0]
     wp, wc = plain.workers[g], codist.workers[g]
-    x, _ = fetch(codist.data.dataset, wc.batches.stream.batch_indices(0, wc.replicas[0]).tolist(), codist.data.collate)
+    x, _ = fetch(codist.data.dataset, wc.batches.stream.batch_indices(0, wc.local_replicas[0]).tolist(), codist.data.collate)
     steps = {"plain": TimedSteps(wp, burst), "codistill": TimedSteps(wc, burst)}
     variants: dict[str, Callable[[int], object]] = {
         "plain_step": steps["plain"],
@@ -307,7 +307,7 @@ def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
     return {
         "groups": G, "replicas": R, "mode": topo.layout.mode,
         "median_ms": {k: v * 1e3 for k, v in med.items()},
-        **ratio_to_bound(med, G, len(wc.replicas)),
+        **ratio_to_bound(med, G, len(wc.local_replicas)),
         "exchange_every": K, "exchange_share": share,
         "parameters": params, "state_values": state,
         "bytes_per_step": {
@@ -331,7 +331,7 @@ def data_row(a: argparse.Namespace, topo: Topology, tmp: Path, data: Optional[Da
     codist = build(topo, common, run_dir / "codistill", data)
     warmup = -(-a.warmup // a.data_burst)  # at least --warmup steps
     med = step_times(topo, plain, codist, a.data_burst, a.data_repeats, warmup, exchange=False)
-    micro = len(codist.workers[topo.local_groups[0]].replicas)
+    micro = len(codist.workers[topo.local_groups[0]].local_replicas)
     plain.close()
     codist.close()
     return {"data": name, "num_workers": workers, "median_ms": {k: v * 1e3 for k, v in med.items()},
@@ -467,7 +467,7 @@ def precision_rows(a: argparse.Namespace, hidden: str, tmp: Path) -> dict:
     g = topo.local_groups[0]
     w = {k: t.workers[g] for k, t in trainers.items()}
     wc = w["codistill_bf16"]
-    x, y = fetch(wc.batches.data.dataset, wc.batches.stream.batch_indices(0, wc.replicas[0]).tolist(), wc.batches.data.collate)
+    x, y = fetch(wc.batches.data.dataset, wc.batches.stream.batch_indices(0, wc.local_replicas[0]).tolist(), wc.batches.data.collate)
     steps = {k: TimedSteps(worker, 1) for k, worker in w.items()}
     variants: dict[str, Callable[[int], object]] = {
         **steps,

@@ -78,3 +78,12 @@ def load_final(run_dir: Path, group: int) -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def snapshot_steps(folder: Path, shards: int | None = None) -> list[int]:
+    """Steps of an exchange directory's group folder complete in a layout (whole, or all `shards` shards), newest
+    first: what a reader of that layout could load."""
+    from codistill.distributed.exchange.filesystem import complete_tags, versions
+
+    need = complete_tags(shards)
+    return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)

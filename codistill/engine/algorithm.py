@@ -32,10 +32,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from codistill.config import OUTER_MODES
-from codistill.engine.logits import as_logits
 from codistill.engine.losses import distill_loss
 
 
@@ -106,22 +104,6 @@ class LossSpec:
                  ) -> LossParts:
         return loss_from_logits(logits, teacher_logits, y, self.alpha, self.temperature, self.psi, self.aggregate,
                                 groups=groups, ignore_index=self.ignore_index)
-
-
-def codistill_loss(
-    student: nn.Module,
-    teacher_logits: list[torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    alpha: float,
-    temperature: float,
-    psi: str,
-    aggregate: str,
-    ignore_index: Optional[int] = None,
-) -> LossParts:
-    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
-    return loss_from_logits(as_logits(student(x)), teacher_logits, y, alpha, temperature, psi, aggregate,
-                            ignore_index=ignore_index)
 
 
 def loss_from_logits(

@@ -132,7 +132,7 @@ class Checkpointer:
         for g, w in self.workers.items():
             w.sync_buffers()
             state = w.full_state()  # sharded: gathered within the group (final.pt stays a whole state_dict)
-            log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.replicas, w.fingerprint(state))
+            log.info("group %d replica(s) %s: parameter fingerprint %s", g, w.local_replicas, w.fingerprint(state))
             if self.topo.is_group_leader(g):
                 path = self.run_dir / "checkpoints" / f"group{g}" / "final.pt"
                 try:

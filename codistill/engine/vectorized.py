@@ -121,7 +121,7 @@ class VectorizedGroups:
         w0, G = self.workers[0], len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
         sums = torch.zeros(G, 4, device=w0.device)
-        for r in w0.replicas:
+        for r in w0.local_replicas:
             batches = [w._batch(step, r) for w in self.workers]
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
             for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
@@ -131,7 +131,7 @@ class VectorizedGroups:
                 parts = w0.loss(logits.float(), [t.float() for t in teacher_logits], ym, groups=G)
                 (parts.total.sum() * w0.grad_scale).backward()
                 sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
-                    len(w0.replicas) * w0.accum)
+                    len(w0.local_replicas) * w0.accum)
         if w0.grad_clip is not None:
             sums[:, 3] = clip_stacked(list(self.params.values()), w0.grad_clip)
         self.optimizer.step()

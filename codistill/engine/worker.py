@@ -69,7 +69,7 @@ class GroupWorker:
         self.group, self.topo, self.schedule, self.teachers = group, topo, schedule, teachers
         self.batches, self.loss, self.precision, self.rng = batches, loss, precision, rng
         self.device = topo.device
-        self.replicas = topo.local_replicas
+        self.local_replicas = topo.local_replicas  # the replica indices this process runs (topo.replicas: R)
         self.model, self.sharded = model, sharded
         self.flattener = StateFlattener(self.model, state_dtype)  # what moves
         self.has_buffers = any(True for _ in self.model.buffers())
@@ -85,7 +85,7 @@ class GroupWorker:
         self.compiled = compile
         self.accum = grad_accum
         # DDP already averages over ranks; simulated mode averages its R replicas here; both over the micro-batches
-        self.grad_scale = 1.0 / (len(self.replicas) * self.accum)
+        self.grad_scale = 1.0 / (len(self.local_replicas) * self.accum)
         self.grad_clip, self.optimizer_factory = optimizer.grad_clip, optimizer
         self.optimizer, self.lr_schedule = optimizer(self.model.parameters())
 
@@ -101,9 +101,9 @@ class GroupWorker:
         distilling = self.schedule.distilling(step)
         parts_sum = torch.zeros(4, device=self.device)
         share = 1.0 / (self.topo.replicas * self.accum)
-        emulate = self.topo.simulated and self.has_buffers and len(self.replicas) > 1
+        emulate = self.topo.simulated and self.has_buffers and len(self.local_replicas) > 1
         with ddp_buffer_semantics(self.model, emulate) as before_replica:
-            for r in self.replicas:
+            for r in self.local_replicas:
                 before_replica(r)
                 x, y = self._batch(step, r)
                 for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
@@ -116,7 +116,7 @@ class GroupWorker:
             self.precision.unscale(self.optimizer)
             clip_grad_norm = sharding.clip_grad_norm_ if self.sharded else torch.nn.utils.clip_grad_norm_
             norm = clip_grad_norm(self.model.parameters(), clip)
-            parts_sum[3] = norm * (len(self.replicas) / self.topo.replicas)
+            parts_sum[3] = norm * (len(self.local_replicas) / self.topo.replicas)
         self.precision.step(self.optimizer)
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -188,12 +188,6 @@ def complete_tags(shards: Optional[int]) -> set[str]:
     return {layout_tag(r, shards) for r in range(shards or 1)}
 
 
-def snapshot_steps(folder: Path, shards: Optional[int] = None) -> list[int]:
-    """Steps complete in a layout (a whole snapshot, or all `shards` shards), newest first."""
-    need = complete_tags(shards)
-    return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)
-
-
 def own_steps(folder: Path, tag: str) -> list[int]:
     """Steps with a manifest of one layout tag (what one writer published), newest first."""
     return sorted((s for s, tags in versions(folder).items() if tag in tags), reverse=True)
