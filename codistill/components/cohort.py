@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,10 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from codistill.components import instantiate
 from codistill.errors import ConfigError
 
+if TYPE_CHECKING:
+    from codistill.config import DataConfig
+
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-def preset(name: str, data: Any) -> DictConfig:
+def preset(name: str, data: DataConfig) -> DictConfig:
     """conf/model/<name>.yaml, its interpolations (${data.num_classes}, ...) resolved against the run's `data`
     section."""
     path = PRESETS / f"{name}.yaml"
@@ -32,7 +35,7 @@ def preset(name: str, data: Any) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(scope.model, resolve=True))
 
 
-def resolve(spec: Any, data: Any, where: str) -> Any:
+def resolve(spec: Any, data: DataConfig, where: str) -> Any:
     """A preset name or a model mapping -> the model's component node."""
     if isinstance(spec, str):
         return preset(spec, data)
@@ -49,7 +52,7 @@ class Cohort:
     model: Any
     model_per_group: tuple[Any, ...] = ()
     groups: int = 1
-    data: Any = None
+    data: Optional[DataConfig] = None
 
     @classmethod
     def from_record(cls, record: Any) -> "Cohort":

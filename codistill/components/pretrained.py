@@ -9,13 +9,16 @@ is a one-line ConfigError, raised before training starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from codistill.components import cohort, instantiate
 from codistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from codistill.config import DataConfig
 
 
 def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
@@ -34,7 +37,7 @@ def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
     raise ConfigError(f"checkpoint {path} holds neither a model state_dict nor a trainer checkpoint")
 
 
-def model_node(path: str, config: Optional[dict], group: int, data: Any, model_name: Optional[str]) -> Any:
+def model_node(path: str, config: Optional[dict], group: int, data: DataConfig, model_name: Optional[str]) -> Any:
     """The model component to rebuild a checkpoint with: `model_name`'s preset (sized by the `data` section) if
     given, else the checkpoint's own."""
     if model_name is not None:
@@ -47,7 +50,7 @@ def model_node(path: str, config: Optional[dict], group: int, data: Any, model_n
     return cohort.Cohort.from_record(config).models()[group]
 
 
-def load_model(path: str, data: Any, model_name: Optional[str] = None) -> nn.Module:
+def load_model(path: str, data: DataConfig, model_name: Optional[str] = None) -> nn.Module:
     """The checkpoint's model on the CPU, in eval mode. `data` (the current run's data section) sizes a named preset."""
     state, config, group = read(path)
     node = model_node(path, config, group, data, model_name)

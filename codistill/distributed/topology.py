@@ -19,12 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
+
+if TYPE_CHECKING:
+    from codistill.config import TopologyConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,7 @@ class Layout:
         return self.rank % self.replicas
 
 
-def resolve_layout(topology: Any, env: Mapping[str, str] = os.environ) -> Layout:
+def resolve_layout(topology: TopologyConfig, env: Mapping[str, str] = os.environ) -> Layout:
     """Turn the topology config section + torchrun's environment into a Layout, or raise a one-line ConfigError."""
     groups = topology.groups
     if groups < 1:

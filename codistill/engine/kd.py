@@ -7,13 +7,16 @@ loss is the engine's CE + alpha * psi against its predictions (T^2-scaled KL at 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from codistill.engine.logits import as_logits
 from codistill.components.pretrained import load_model
+
+if TYPE_CHECKING:
+    from codistill.config import DataConfig
 
 
 class FixedTeacher:
@@ -44,7 +47,7 @@ class FixedTeacher:
         pass
 
 
-def load_teacher(checkpoint: str, model_name: Optional[str], data: Any, device: torch.device) -> FixedTeacher:
+def load_teacher(checkpoint: str, model_name: Optional[str], data: DataConfig, device: torch.device) -> FixedTeacher:
     """The teacher of distill.teacher_checkpoint (architecture from the checkpoint or the distill.teacher_model
     preset, sized by the `data` section)."""
     return FixedTeacher(load_model(checkpoint, data, model_name).to(device))

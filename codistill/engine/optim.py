@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 
+if TYPE_CHECKING:
+    from codistill.config import OptimConfig
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Optimizer:
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer the `optim` config section names."""
     if optim.name == "sgd":
         return torch.optim.SGD(
@@ -22,7 +25,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.o
     raise ValueError(f"unknown optimizer {optim.name!r}")
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, optim: Any, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then constant or cosine decay to zero at max_steps."""
 
     def factor(step: int) -> float:
@@ -40,7 +44,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, optim: Any, max_steps: int)
 class OptimizerFactory:
     """A group's optimizer and learning-rate schedule, from the `optim` section and the run's length."""
 
-    optim: Any  # the optim config section
+    optim: OptimConfig
     max_steps: int
 
     @property

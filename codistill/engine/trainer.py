@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import torch
 
@@ -36,6 +36,9 @@ from codistill.io import metrics
 from codistill.io.loggers import Sinks
 from codistill.io.reporting import format_progress
 
+if TYPE_CHECKING:
+    from codistill.config import DistillConfig, OptimConfig, TrainerConfig
+
 log = logging.getLogger("codistill")
 
 
@@ -51,7 +54,7 @@ class LoopSettings:
     mode: str = "codistill"  # distill.mode, for the opening log line
 
     @classmethod
-    def from_config(cls, trainer: Any, distill: Any, optim: Any) -> "LoopSettings":
+    def from_config(cls, trainer: TrainerConfig, distill: DistillConfig, optim: OptimConfig) -> "LoopSettings":
         """From the `trainer`, `distill` and `optim` config sections."""
         return cls(trainer.max_steps, trainer.log_every, trainer.eval_every, trainer.stop_check_every,
                    optim.grad_clip is not None, distill.mode)

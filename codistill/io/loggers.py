@@ -12,9 +12,12 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional, Protocol, TextIO
+from typing import Any, Optional, Protocol, TYPE_CHECKING, TextIO
 
 from codistill.io.reporting import MetricsWriter
+
+if TYPE_CHECKING:
+    from codistill.config import LoggerConfig
 
 log = logging.getLogger("codistill")
 
@@ -88,7 +91,7 @@ class WandbRun:
     same wandb runs instead of starting new ones.
     """
 
-    def __init__(self, logger: Any, run_name: str, group: int, run_dir: Path, config: dict, with_run_records: bool
+    def __init__(self, logger: LoggerConfig, run_name: str, group: int, run_dir: Path, config: dict, with_run_records: bool
                  ) -> None:
         """`logger`: the logger config section; `config`: the run's resolved config, recorded with the run."""
         self.group, self.with_run_records = group, with_run_records
@@ -131,7 +134,7 @@ class WandbRun:
         self.run = None
 
 
-def open_sinks(logger: Any, run_name: str, max_steps: int, topo: Any, run_dir: Path, config: dict,
+def open_sinks(logger: LoggerConfig, run_name: str, max_steps: int, topo: Any, run_dir: Path, config: dict,
                stream: Optional[TextIO] = None) -> Sinks:
     """The sinks this rank owns (see the module docstring). `logger`: the logger config section; `config`: the run's
     resolved config, recorded with each wandb run."""
