@@ -7,7 +7,8 @@
     save each group's final checkpoint
 
 The Trainer is handed its parts ready-made (codistill/build.py builds each from its own config section): the
-workers (one group's step each), the exchange transport, the evaluator, the checkpointer and the metric sinks. The
+workers (one group's step each), the exchange transport, the evaluator, the checkpointer and the metric sinks
+(reported through engine/progress.py). The
 two modes differ only inside Topology (which groups/replicas are local), GroupWorker (DDP vs 1/R-scaled
 micro-batches) and the Exchange transport.
 """
@@ -15,7 +16,6 @@ micro-batches) and the Exchange transport.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TYPE_CHECKING
@@ -30,11 +30,10 @@ from codistill.engine.algorithm import Schedule
 from codistill.engine.checkpointing import Checkpointer
 from codistill.engine.evaluation import Evaluator
 from codistill.engine.outer import OuterStep
+from codistill.engine.progress import Progress
 from codistill.engine.worker import GroupWorker
-from codistill.errors import NonFiniteLossError, Preempted
-from codistill.io import metrics
+from codistill.errors import Preempted
 from codistill.io.loggers import Sinks
-from codistill.io.reporting import format_progress
 
 if TYPE_CHECKING:
     from codistill.config import DistillConfig, OptimConfig, TrainerConfig
@@ -61,8 +60,8 @@ class LoopSettings:
 
 
 class Trainer:
-    """Runs the loop: exchanges on the schedule, every local group's step, then reports, evaluation and checkpoints
-    at their intervals, until max_steps or a stop the ranks agree on."""
+    """Runs the loop: exchanges on the schedule, every local group's step, then reports (engine/progress.py),
+    evaluations and checkpoints at their intervals, until max_steps or a stop the ranks agree on."""
 
     def __init__(
         self,
@@ -92,14 +91,17 @@ class Trainer:
         self.vectorized, self.outer = vectorized, outer
         self.stop_flag = stop_flag or StopFlag([])
         self.preempted: Optional[Preempted] = None  # set when fit() stopped early for a signal
-        self.final_eval: Optional[tuple[list[dict], dict]] = None
-        self._train_sums = torch.zeros(topo.groups, 4, device=topo.device)
-        self._window = 0
-        self._clock = (time.perf_counter(), start_step)
+        self.progress = Progress(topo, workers, schedule, evaluator, sinks, loop.max_steps, loop.log_grad_norm,
+                                 start_step, checkpoints.kept)
 
     @property
     def last_checkpoint(self) -> Optional[Path]:
         return self.checkpoints.last
+
+    @property
+    def final_eval(self) -> Optional[tuple[list[dict], dict]]:
+        """The last evaluation: (per-group records, the run-level record); the run's final one after fit()."""
+        return self.progress.final_eval
 
     # --- train ------------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -113,18 +115,18 @@ class Trainer:
             if self.schedule.exchange_before(step):
                 self._exchange(step)
             if self.vectorized is not None:
-                self._train_sums += self.vectorized.train_step(step)
+                self.progress.add(self.vectorized.train_step(step))
             else:
                 for g, w in self.workers.items():
-                    self._train_sums[g] += w.train_step(step)
-            self._window += 1
+                    self.progress.add(w.train_step(step), g)
+            self.progress.step_done()
             done = step + 1
             last = done == lp.max_steps
             evaluate = last or (lp.eval_every > 0 and done % lp.eval_every == 0)
             save = self.checkpoints.due(done, last)
             stop = False
             if last or done % lp.log_every == 0 or evaluate or save:  # a report checks the loss is finite
-                stop = self._report(done, evaluate)  # and the stop flags, on the same all-reduce
+                stop = self.progress.report(done, evaluate, self.stop_flag.received is not None)  # and the stop flags
             elif self.topo.simulated or done % lp.stop_check_every == 0:
                 stop = self._stop_agreed()
             if save or (stop and not last):
@@ -135,14 +137,6 @@ class Trainer:
                 log.warning("preempted: %s", self.preempted)
                 return
         self.checkpoints.save_final(lp.max_steps)
-
-    def _loss_parts(self, window: torch.Tensor, step: int) -> str:
-        """What to lower after a non-finite loss: the learning rate, and alpha when the distillation term was on."""
-        if not self.schedule.distilling(step - 1):
-            return ": lower optim.lr"
-        return (f" (label loss {window[1].item():.4g}, distillation term {window[2].item():.4g}): lower optim.lr or "
-                f"distill.alpha (at a high distill.temperature the term regresses the teacher's logits and its "
-                f"curvature can outgrow the learning rate)")
 
     def _stop_agreed(self) -> bool:
         """Whether any rank has received a preemption signal: a one-element all-reduce (none in simulated mode)."""
@@ -174,53 +168,6 @@ class Trainer:
         for w in self.workers.values():
             w.flattener.load(w.model, state)
         log.debug("outer step before step %d", step)
-
-    # --- report -------------------------------------------------------------------------------------------------
-    def _report(self, step: int, evaluate: bool) -> bool:
-        """Log the window's losses (and evaluate); return whether any rank has received a preemption signal."""
-        G = self.topo.groups
-        stats = torch.zeros(G, 7, dtype=torch.float64)  # column 6: stop flags, summed over the ranks
-        stats[0, 6] = float(self.stop_flag.received is not None)
-        stats[:, :4] = self._train_sums.double().cpu() / self._window
-        for g, w in self.workers.items():
-            if self.topo.is_group_leader(g):
-                stats[g, 4] = w.staleness(step)
-                stats[g, 5] = w.lr_schedule.get_last_lr()[0]
-        self.topo.all_reduce_sum(stats)
-        self._train_sums.zero_()
-        self._window = 0
-        records = [
-            {
-                "step": step, "group": g, "train/loss": stats[g, 0].item(), "train/ce": stats[g, 1].item(),
-                "train/distill": stats[g, 2].item(), "staleness": int(stats[g, 4].item()),
-                "lr": stats[g, 5].item(),
-                **({"train/grad_norm": stats[g, 3].item()} if self.loop.log_grad_norm else {}),
-            }
-            for g in self.topo.job_groups
-        ]
-        bad = [g for g in self.topo.job_groups if not torch.isfinite(stats[g, 0])]
-        if bad:
-            raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}"
-                                     f"{self._loss_parts(stats[bad[0]], step)}; {self.checkpoints.kept()}")
-        run_record = None
-        if evaluate:
-            per_group, run_record = metrics.summarise(self.evaluator.sums())
-            for rec, ev in zip(records, per_group):
-                rec.update(ev)
-            run_record = {"step": step, "group": None, **run_record}
-            self.final_eval = (per_group, run_record)
-        for rec in records:
-            self.metrics.write(rec)
-        if run_record is not None:
-            self.metrics.write(run_record)
-        now = time.perf_counter()
-        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
-        self._clock = (now, step)
-        line = format_progress(step, self.loop.max_steps, records, rate)
-        if run_record is not None:
-            line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
-        log.info(line)
-        return bool(stats[0, 6] > 0)
 
     def close(self) -> None:
         self.exchange.close()  # the filesystem exchange finishes its pending snapshot write: peers may still read it
