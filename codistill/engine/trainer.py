@@ -112,8 +112,6 @@ class Trainer:
         for g, model in pool.models.items():
             here, total = sharding.numel(model)
             log.info("teacher copy of group %d: %d of its %d parameter values on this rank", g, here, total)
-        for w in self.workers.values():
-            w.rng.activate()
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
         # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
         first = next(iter(self.workers.values()))
