@@ -176,7 +176,7 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         workers[g] = GroupWorker(
             g, students[g], topo, GroupBatches(data, stream, g, tr.max_steps, topo.device), schedule,
             copies, loss, Precision(tr.precision, topo.device), optimizer,
-            ReplicaRNG(cfg.seed, g, topo.local_replicas, topo.device),
+            ReplicaRNG(cfg.seed, g, topo.local_replicas, topo.device, students[g]),
             grad_accum=tr.grad_accum, compile=tr.compile,
             state_dtype=pool.dtype if schedule.enabled else torch.float32, sharded=plan is not None,
         )
@@ -184,8 +184,6 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
     for g, model in pool.models.items():
         here, total = sharding.numel(model)
         log.info("teacher copy of group %d: %d of its %d parameter values on this rank", g, here, total)
-    for w in workers.values():
-        w.rng.activate()
     stacked = None
     if cfg.topology.vectorize:  # None: the groups step one by one
         options = vectorized.StepOptions(tr.precision, tr.compile, d.mode, d.exchange)

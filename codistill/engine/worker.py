@@ -88,6 +88,7 @@ class GroupWorker:
         self.grad_scale = 1.0 / (len(self.local_replicas) * self.accum)
         self.grad_clip, self.optimizer_factory = optimizer.grad_clip, optimizer
         self.optimizer, self.lr_schedule = optimizer(self.model.parameters())
+        self._first_step = True  # the step on which rng checks for draws no replica stream holds
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
@@ -106,11 +107,13 @@ class GroupWorker:
             for r in self.local_replicas:
                 before_replica(r)
                 x, y = self._batch(step, r)
-                for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
-                    with self._grad_sync(last=i == self.accum - 1):
-                        parts = self._loss(xm, ym, distilling, r)
-                        self.precision.backward(parts.total * self.grad_scale)
-                    parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
+                with self.rng.use(r, check=self._first_step):  # every draw of r's forwards and backward
+                    for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
+                        with self._grad_sync(last=i == self.accum - 1):
+                            parts = self._loss(xm, ym, distilling)
+                            self.precision.backward(parts.total * self.grad_scale)
+                        parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
+        self._first_step = False
         clip = self.grad_clip
         if clip is not None:
             self.precision.unscale(self.optimizer)
@@ -122,12 +125,11 @@ class GroupWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return parts_sum
 
-    def _loss(self, x: Any, y: torch.Tensor, distilling: bool, replica: int) -> LossParts:
+    def _loss(self, x: Any, y: torch.Tensor, distilling: bool) -> LossParts:
         """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
         with self.precision.autocast():
             teacher_logits = self.teachers.predict(x) if distilling else []
-            with self.rng.use(replica):
-                logits = as_logits(self.module(x))
+            logits = as_logits(self.module(x))
         return self.loss(logits.float(), [t.float() for t in teacher_logits], y)
 
     def _grad_sync(self, last: bool) -> ContextManager:
