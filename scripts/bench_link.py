@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from codistill.compose import compose_config
+from codistill.distributed.exchange import LocalExchange
 from codistill.distributed.exchange.link import SimulatedLink
 from codistill.engine.exchanging import ExchangeRunner
 
@@ -48,15 +50,22 @@ def variants(k: int) -> list[tuple[str, dict]]:
     ]
 
 
-def run_variant(trainer: Any, settings: dict, a: Any, start: int) -> dict:
+def run_variant(trainer: Any, distill: Any, settings: dict, a: Any, start: int) -> dict:
+    """`distill`: the run's distill section, changed by `settings` for this variant."""
     k = a.exchange_every
-    cfg = trainer.cfg.copy()
-    OmegaConf.set_struct(cfg, False)
+    d = distill.copy()
+    OmegaConf.set_struct(d, False)
     for key, value in settings.items():
-        cfg.distill[key] = value
-    runner = ExchangeRunner(cfg, trainer.topo, trainer.schedule, trainer.workers, None, trainer.run_dir, start, False)
-    link = SimulatedLink(runner.transport, a.link_mbps, a.link_latency_ms / 1000)
-    runner.transport = link
+        d[key] = value
+    link = None
+
+    def connect(states: Any) -> SimulatedLink:
+        nonlocal link
+        link = SimulatedLink(LocalExchange(), a.link_mbps, a.link_latency_ms / 1000)
+        return link
+
+    runner = ExchangeRunner(d, trainer.topo, trainer.schedule, trainer.workers, None, False, connect)
+    assert link is not None
     exchanging = bool(settings)
 
     def steps(first: int, count: int) -> tuple[float, float]:
@@ -85,14 +94,15 @@ def link_benchmark(a: Any, build: Any, simulated: Any, tmp: Path) -> dict:
         "distill.burn_in_steps=0", f"distill.exchange_every={k}",
     ]
     trainer = build(simulated(overrides), overrides, tmp / "link")
-    trainer.exchanges.exchange_now(0)  # teacher copies loaded, as after burn-in
+    distill = compose_config(overrides, run_id="bench").distill
+    trainer.exchange.exchange_now(0)  # teacher copies loaded, as after burn-in
     for s in range(k - 3, k):  # warm-up; the loaders then go on with the variants' steps K, K + 1, ...
         for w in trainer.workers.values():
             w.train_step(s)
     w = next(iter(trainer.workers.values()))
     rows = []
     for i, (name, settings) in enumerate(variants(k)):
-        r = run_variant(trainer, settings, a, (i + 1) * k)
+        r = run_variant(trainer, distill, settings, a, (i + 1) * k)
         rows.append({"name": name, **r})
         print(f"{name}: {1000 * r['step_s']:.1f} ms/step", file=sys.stderr, flush=True)
     params = sum(p.numel() for p in w.model.parameters())

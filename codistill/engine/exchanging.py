@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
-from codistill.distributed.exchange import filesystem
+from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, Snapshot
 from codistill.distributed.exchange.base import Done, InFlight, StateLayout
 from codistill.distributed.exchange.codecs import Codec, RowLayout
 from codistill.distributed.exchange.collective import rank_traffic
 from codistill.distributed.exchange.fragments import FragmentError, due, split
 from codistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from codistill.config import DistillConfig
 
 log = logging.getLogger("codistill")
 
@@ -57,9 +58,10 @@ class Flight:
 
 
 class ExchangeRunner:
-    def __init__(self, cfg: Any, topo: Any, schedule: Any, workers: dict[int, Any], outer: Optional[Any],
-                 run_dir: Path, start_step: int, sharded: bool) -> None:
-        d = cfg.distill
+    def __init__(self, d: DistillConfig, topo: Any, schedule: Any, workers: dict[int, Any], outer: Optional[Any],
+                 sharded: bool, connect: Callable[[StateLayout], Exchange]) -> None:
+        """`d`: the distill section. `connect(states)`: the transport distill.exchange names (codistill/build.py),
+        for the payloads `states` describes (every group's layout and payload bytes)."""
         self.topo, self.schedule, self.workers, self.outer = topo, schedule, workers, outer
         self.codec, self.raw = Codec(d.snapshot_codec), Codec("none")
         self.delay, self.every, self.count = d.exchange_delay, d.exchange_every, d.fragments
@@ -73,17 +75,7 @@ class ExchangeRunner:
                       for i in range(self.count)]
         self.filesystem = d.exchange == "filesystem"
         self.shards = topo.replicas if d.shard_exchange else 1
-        self.transport: Exchange
-        if self.filesystem:
-            root, run_id = filesystem.prepare(cfg, run_dir)
-            states = StateLayout(layouts, tuple(self.sizes[0]), torch.uint8, sharded)
-            self.transport = FilesystemExchange.for_run(root, run_id, d.exchange_keep, topo, states, start_step,
-                                                        d.snapshot_codec)
-        elif topo.simulated:
-            self.transport = LocalExchange()
-        else:
-            self.transport = CollectiveExchange(topo.group_pg, self.sizes[0],
-                                                topo.replica_pg if d.shard_exchange else None)
+        self.transport = connect(StateLayout(layouts, tuple(self.sizes[0]), torch.uint8, sharded))
         self.flights: list[Flight] = []
         self.traffic = {g: [0, 0] for g in workers}  # bytes sent, received since the last record
 
@@ -225,5 +217,4 @@ class ExchangeRunner:
                         for f in state["flights"]]
 
     def close(self) -> None:
-        if isinstance(self.transport, FilesystemExchange):
-            self.transport.close()  # finish the pending snapshot write: peers may still read it
+        self.transport.close()  # the filesystem exchange finishes its pending snapshot write: peers may still read it

@@ -57,7 +57,7 @@ ARGS = ["distill.exchange=filesystem", "distill.burn_in_steps=0", "trainer.max_s
 
 
 def publish(trainer, step: int) -> None:
-    ex = trainer.exchanges.transport
+    ex = trainer.exchange.transport
     ex.reader.refresh()
     trainer._exchange(step)
     ex.writer.flush()

@@ -107,7 +107,7 @@ def test_delayed_fragments_land_tau_steps_later_and_report_their_staleness(tmp_p
     trainer = make_trainer([*SHORT, "distill.exchange_delay=3", "distill.fragments=2", "trainer.max_steps=13"],
                            tmp_path)
     taken, landed = {}, []
-    launch, land = trainer.exchanges.launch, trainer.exchanges._land
+    launch, land = trainer.exchange.launch, trainer.exchange._land
 
     def recording_launch(step: int, fragment: int, lands: int) -> None:
         taken[(step, fragment)] = trainer.workers[1].flattener.flatten(trainer.workers[1].model).clone()
@@ -117,7 +117,7 @@ def test_delayed_fragments_land_tau_steps_later_and_report_their_staleness(tmp_p
         landed.append((flight.launched, flight.fragment, flight.lands))
         land(flight)
 
-    trainer.exchanges.launch, trainer.exchanges._land = recording_launch, recording_land
+    trainer.exchange.launch, trainer.exchange._land = recording_launch, recording_land
     trainer.fit()
     trainer.close()
     # burn-in at 2 (both fragments), then fragment 0 at steps = 0 mod 4, fragment 1 at 2 mod 4, each 3 steps later
@@ -125,7 +125,7 @@ def test_delayed_fragments_land_tau_steps_later_and_report_their_staleness(tmp_p
     copies = trainer.workers[0].teachers
     assert copies.fragment_steps[1] == [8, 6] and copies.source_step[1] == 6
     held = copies.flattener[1].flatten(copies.models[1])
-    f0, f1 = trainer.exchanges.fragments[1]
+    f0, f1 = trainer.exchange.fragments[1]
     assert torch.equal(held[f0.start : f0.stop], taken[(8, 0)][f0.start : f0.stop])  # each slice from its own step
     assert torch.equal(held[f1.start : f1.stop], taken[(6, 1)][f1.start : f1.stop])
     # after steps 4, 8, 12, 13: nothing landed yet (-1), then the age of the oldest slice (taken at 2, 6, 6)
@@ -145,7 +145,7 @@ def test_resume_with_a_snapshot_in_flight_is_bit_identical(tmp_path: Path) -> No
 
     straight = train(tmp_path / "straight", 16)
     first = train(tmp_path / "resumed", 10)
-    assert [f.launched for f in first.exchanges.flights] == [8]
+    assert [f.launched for f in first.exchange.flights] == [8]
     assert (tmp_path / "resumed" / "checkpoints" / "step000000010" / "exchange-rank0.pt").is_file()
     resumed = train(tmp_path / "resumed", 16)
     assert resumed.start_step == 10

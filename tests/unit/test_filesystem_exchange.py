@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from codistill.config import ConfigError
-from codistill.distributed.exchange.filesystem import ExchangeWriteError, claim, snapshot_steps
-from tests.helpers import make_trainer
+from codistill.distributed.exchange.filesystem import ExchangeWriteError, claim
+from tests.helpers import make_trainer, snapshot_steps
 
 ARGS = ["distill.exchange=filesystem", "distill.burn_in_steps=0", "trainer.max_steps=40", "logger.plots=false"]
 
@@ -23,7 +23,7 @@ def group_job(tmp_path: Path, g: int, *extra: str):
 def publish(trainer, step: int) -> None:
     """Exchange once the background reader has seen every version published so far (an exchange step never waits
     for a download, so without this what arrives by the step depends on timing)."""
-    ex = trainer.exchanges.transport
+    ex = trainer.exchange.transport
     ex.reader.refresh()
     trainer._exchange(step)
     ex.writer.flush()
@@ -87,7 +87,7 @@ def test_old_snapshots_are_pruned_and_a_restart_drops_its_future(tmp_path: Path)
     # A job that restarts at step 2 removes its snapshot of step 3: no peer may read a state it will not reach.
     from codistill.distributed.exchange.filesystem import FilesystemExchange
 
-    ex = a.exchanges.transport
+    ex = a.exchange.transport
     FilesystemExchange(ex.store, ex.run_id, ex.topo, ex.signatures, ex.sizes, keep=2, start_step=2).close()
     assert snapshot_steps(folder) == [2]
 
@@ -102,7 +102,7 @@ def test_a_directory_of_another_run_is_refused(tmp_path: Path) -> None:
 def test_a_failed_write_is_reported_and_leaves_no_loadable_file(tmp_path: Path) -> None:
     a = group_job(tmp_path, 0)
     (tmp_path / "ex" / "group0").write_text("not a directory")  # the writer cannot create its folder
-    a.exchanges.transport.exchange(1, {0: a.workers[0].flat_state()})
+    a.exchange.transport.exchange(1, {0: a.workers[0].flat_state()})
     with pytest.raises(ExchangeWriteError, match="could not publish a snapshot"):
-        a.exchanges.transport.writer.flush()
+        a.exchange.transport.writer.flush()
     assert not list((tmp_path / "ex").rglob("*.pt"))

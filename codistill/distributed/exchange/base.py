@@ -71,3 +71,7 @@ class Exchange(Protocol):
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         """`launch` and wait at once (distill.exchange_delay=0)."""
         ...
+
+    def close(self) -> None:
+        """Finish pending work (a snapshot still being written: peers may read it)."""
+        ...

@@ -3,7 +3,7 @@
 Replica r of every group takes part in the all-gather of the ranks holding replica index r, so no intra-group
 broadcast is needed: replicas are identical, and every rank ends up with every peer's state.
 
-Sharded (`distill.exchange=collective_sharded`): because the R replicas of a group all need the same peer states,
+Sharded (`distill.shard_exchange=true`): because the R replicas of a group all need the same peer states,
 replica r fetches only the r-th 1/R shard of each peer's state across groups, and the group then all-gathers the
 shards among its own replicas (the fast, intra-group link). Each rank moves 1/R of the bytes across groups.
 
@@ -54,13 +54,14 @@ class _Gather:
 
 class CollectiveExchange:
     def __init__(
-        self, group_pg: dist.ProcessGroup, sizes: list[int], shard_pg: Optional[dist.ProcessGroup] = None
+        self, cross_group_pg: dist.ProcessGroup, sizes: list[int], shard_pg: Optional[dist.ProcessGroup] = None
     ) -> None:
-        """`sizes[g]`: the length of group g's payload (groups may have different architectures).
+        """`cross_group_pg`: the ranks of this replica index in every group (Topology.cross_group_pg).
+        `sizes[g]`: the length of group g's payload (groups may have different architectures).
 
         `shard_pg`: this group's replica process group, to shard the cross-group transfer over its R replicas.
         """
-        self.pg, self.sizes, self.shard_pg = group_pg, sizes, shard_pg
+        self.pg, self.sizes, self.shard_pg = cross_group_pg, sizes, shard_pg
         self.shards = 1 if shard_pg is None else dist.get_world_size(shard_pg)
 
     def cross_group_bytes(self, element_size: int = 4) -> int:
@@ -82,3 +83,6 @@ class CollectiveExchange:
 
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         return self.launch(step, local).wait()
+
+    def close(self) -> None:
+        pass

@@ -50,7 +50,6 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
 from codistill.distributed.exchange.base import Entries, Snapshot, StateLayout
 from codistill.distributed.exchange.store import Store, StoreError, bounded, check_url
@@ -67,30 +66,9 @@ class _Missing(Exception):
     """A listed version vanished before it was read (pruned by its writer): not an error, retried later."""
 
 
-def exchange_root(cfg: Any, run_dir: Path) -> str:
-    return str(cfg.distill.exchange_dir) if cfg.distill.exchange_dir else str(run_dir / "exchange")
-
-
-def run_identity(cfg: Any) -> str:
-    """The id every job of one run agrees on: run_name plus a digest of the settings its groups must share.
-
-    Groups launched as separate jobs have different job ids and run directories, so the id comes from the config:
-    two runs that differ in name, seed, data, models or distillation cannot share an exchange directory.
-    """
-    c = OmegaConf.to_container(cfg, resolve=True)
-    shared = {
-        "seed": c["seed"],
-        "groups": c["topology"]["groups"],
-        "model": c["model"],
-        "model_per_group": c.get("model_per_group"),
-        "data": {k: c["data"][k] for k in ("train", "partition", "train_examples", "label_noise", "exclude_classes",
-                                           "validation_examples", "jitter")},
-        "distill": {k: v for k, v in c["distill"].items() if k not in ("exchange_dir", "exchange_keep")},
-        "optim": c["optim"],
-        "batch_size": c["trainer"]["batch_size"],
-    }
-    text = json.dumps(shared, sort_keys=True)
-    return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+def exchange_root(exchange_dir: Optional[str], run_dir: Path) -> str:
+    """distill.exchange_dir (a directory or an fsspec URL), or <run dir>/exchange when it is not set."""
+    return str(exchange_dir) if exchange_dir else str(run_dir / "exchange")
 
 
 def architecture_signature(entries: Entries, codec: str = "none") -> str:
@@ -105,7 +83,8 @@ def _as_store(root: Union[Store, str, Path]) -> Store:
 
 
 def claim(root: Union[Store, str, Path], run_id: str, timeout_s: float = 60.0) -> None:
-    """Make `root` usable by this run, before any process group starts; raise a one-line ConfigError if not.
+    """Make `root` usable by this run, before any process group starts; raise a one-line ConfigError if not: a URL
+    with credentials or whose filesystem package is missing, a store that does not answer, another run's store.
 
     The first job to arrive writes run.json, later jobs of the same run find their own id there, another run's jobs
     are refused. On a local disk the create is exclusive (a hard link); an object store has no exclusive create, so
@@ -113,6 +92,7 @@ def claim(root: Union[Store, str, Path], run_id: str, timeout_s: float = 60.0) -
     same id, so they never conflict). An unreachable endpoint fails after `timeout_s`.
     """
     try:
+        check_url(str(root))
         store = _as_store(root)
         found = bounded(lambda: _claim(store, run_id), timeout_s, "the exchange store")
     except StoreError as e:
@@ -144,17 +124,6 @@ def _claim(store: Store, run_id: str) -> Optional[str]:
     elif not store.exists("run.json"):
         store.put("run.json", json.dumps({"run_id": run_id}).encode())
     return json.loads(store.get("run.json")).get("run_id")
-
-
-def prepare(cfg: Any, run_dir: Path) -> tuple[Store, str]:
-    """The run's exchange store and run id, the store checked and claimed (see `claim`)."""
-    url, run_id = exchange_root(cfg, run_dir), run_identity(cfg)
-    try:
-        check_url(url)
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
-    claim(url, run_id, cfg.topology.timeout_s)
-    return Store(url), run_id
 
 
 class _Writer:
@@ -249,12 +218,6 @@ def versions(store: Union[Store, str, Path], folder: str = "") -> dict[int, set[
 
 def complete_tags(shards: Optional[int]) -> set[str]:
     return {layout_tag(r, shards) for r in range(shards or 1)}
-
-
-def snapshot_steps(folder: Union[Store, str, Path], shards: Optional[int] = None) -> list[int]:
-    """Steps complete in a layout (a whole snapshot, or all `shards` shards) in `folder`, newest first."""
-    need = complete_tags(shards)
-    return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)
 
 
 def own_steps(store: Store, folder: str, tag: str) -> list[int]:
@@ -462,7 +425,7 @@ class FilesystemExchange:
     @classmethod
     def for_run(cls, root: Store, run_id: str, keep: int, topo: Any, states: StateLayout, start_step: int,
                 codec: str = "none") -> "FilesystemExchange":
-        """The exchange of a run whose store `prepare` claimed, for the groups `states` describes (their payloads:
+        """The exchange of a run whose store `claim` gave it, for the groups `states` describes (their payloads:
         `codec`'s bytes)."""
         signatures = {g: architecture_signature(e, codec) for g, e in states.entries.items()}
         return cls(root, run_id, topo, signatures, dict(enumerate(states.sizes)), keep, start_step, states.dtype,

@@ -17,3 +17,6 @@ class LocalExchange:
 
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         return self.launch(step, local).wait()
+
+    def close(self) -> None:
+        pass
