@@ -137,7 +137,7 @@ def loaded_from(run_dir: Path, peer: int) -> list[int]:
 def test_groups_as_separate_jobs_codistill_through_s3(tmp_path: Path, s3_env) -> None:
     env = {**clean_env(), **CREDENTIALS, "AWS_ENDPOINT_URL": s3_env}
     url = "s3://codistill-test/jobs"
-    jobs = {g: start_job(g, url, tmp_path / f"group{g}", 100000 if g == 2 else 600, env) for g in range(3)}
+    jobs = {g: start_job(g, url, tmp_path / f"group{g}", 2000 if g == 2 else 600, env) for g in range(3)}
     try:
         s3 = s3fs_client()
         deadline = time.monotonic() + 60
