@@ -38,7 +38,8 @@ def training_data(train: Any, eval_data: Any, collate: Any, seed: int, d: Any) -
     With data.eval_split=validation the run evaluates on the validation examples instead of `eval_data`."""
     try:
         held_out = None if d.eval_split == "validation" else eval_data
-        return TrainingData.create(train, held_out, collate, seed, train_set_options(d), loader_options(d))
+        return TrainingData.create(train, held_out, collate, seed, train_set_options(d), loader_options(d),
+                                   d.labels_key)
     except DataFormatError as e:
         raise ConfigError(str(e)) from None
 

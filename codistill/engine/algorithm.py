@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codistill.config import OUTER_MODES
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.engine.losses import distill_loss
 
 
@@ -99,7 +99,7 @@ def codistill_loss(
     ignore_index: Optional[int] = None,
 ) -> LossParts:
     """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
-    return loss_from_logits(as_logits(student(x)), teacher_logits, y, alpha, temperature, psi, aggregate,
+    return loss_from_logits(as_logits(call(student, x)), teacher_logits, y, alpha, temperature, psi, aggregate,
                             ignore_index=ignore_index)
 
 

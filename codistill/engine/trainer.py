@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,10 +32,11 @@ from codistill.io import checkpoint, metrics
 from codistill.engine.algorithm import Schedule
 from codistill.components.registry import Components
 from codistill.config import ConfigError
+from codistill.components.data.labels import is_causal_lm
 from codistill.components.data.pipeline import DataFormatError, Labels, to_device
 from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
 from codistill.engine.kd import FixedTeacher, load_teacher
-from codistill.engine.logits import ModelOutputError, as_logits
+from codistill.engine.logits import ModelOutputError, as_logits, call
 from codistill.io.loggers import open_sinks
 from codistill.engine.outer import OuterStep
 from codistill.engine.precision import TEACHER_DTYPES
@@ -57,7 +59,7 @@ def probe_classes(model: torch.nn.Module, x: Any, y: torch.Tensor, device: torch
     was_training = model.training
     model.eval()
     try:
-        output = model(to_device(x, device))
+        output = call(model, to_device(x, device))
     except Exception as e:  # a model may raise anything on inputs it cannot take
         raise ConfigError(f"{name} fails on a batch of the training set: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -117,7 +119,7 @@ class Trainer:
         self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
         # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
         first = next(iter(self.workers.values()))
-        self.outer = OuterStep(d, first.model, first.flattener, topo.device) if self.schedule.averaging else None
+        self.outer = OuterStep(d, first.flattener, topo.device) if self.schedule.averaging else None
         self.start_step, self.last_checkpoint = 0, checkpoint.find_resume(cfg.trainer.resume, run_dir)
         # every rank resumes from the same checkpoint (ranks with different views of the disk would diverge)
         topo.check_agree(str(self.last_checkpoint), "checkpoint to resume from")
@@ -153,10 +155,14 @@ class Trainer:
                               "must predict the same classes")
         num_classes = next(iter(classes.values()))
         self.topo.check_agree(str(num_classes), "number of classes the models predict")
-        self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index)
+        shift = self.cfg.data.shift_labels
+        if shift is None:  # Hugging Face's convention applies to its causal LMs fed its dict batches
+            shift = isinstance(x, Mapping) and any(is_causal_lm(w.model) for w in self.workers.values())
+        self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index, shift)
         targets = getattr(self.data.dataset, "targets", None)
         try:
-            self.data.labels.check(y, "data.train")
+            self.data.labels.check_alignment(x, y, "data.train")
+            self.data.labels.check(self.data.labels.align(x, y), "data.train")
             if isinstance(targets, torch.Tensor):  # labels known up front (in-memory datasets): check them all now
                 self.data.labels.check(targets if self.data.subset is None else targets[self.data.subset], "data.train")
         except DataFormatError as e:

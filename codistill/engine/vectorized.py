@@ -19,6 +19,7 @@ so such models (and torchrun, where a process holds one group) fall back to the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -51,6 +52,8 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
     if not cfg.distill.exchange.startswith("collective"):
         return f"distill.exchange={cfg.distill.exchange} may leave groups with different teacher copies"
+    if isinstance(next(iter(workers.values())).data.probe()[0], Mapping):
+        return "the batches are dicts (model(**inputs)), which the stacked step does not map over"
     models = [w.model for w in workers.values()]
     shapes = [(type(m), [(n, p.shape) for n, p in m.named_parameters()]) for m in models]
     if any(s != shapes[0] for s in shapes):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
@@ -24,7 +25,7 @@ from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
 from codistill.config import ConfigError
 from codistill.engine.kd import FixedTeacher
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.engine.optim import build_optimizer, build_schedule
 from codistill.components.rng import ReplicaRNG, derive_seed
 from codistill.engine.precision import PRECISIONS, Precision
@@ -51,8 +52,12 @@ def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tens
     """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
     if n == 1:
         return [(x, y)]
+    if isinstance(x, Mapping) and all(isinstance(v, torch.Tensor) for v in x.values()):
+        parts = {k: v.chunk(n) for k, v in x.items()}  # a dict batch: every entry split along the batch
+        return [({k: v[i] for k, v in parts.items()}, ym) for i, ym in enumerate(y.chunk(n))]
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs; this dataset's inputs are {type(x).__name__}")
+        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs (or dicts of them); this dataset's inputs are "
+                          f"{type(x).__name__}")
     return list(zip(x.chunk(n), y.chunk(n)))
 
 
@@ -142,7 +147,7 @@ class GroupWorker:
         with self.precision.autocast():
             teacher_logits = self.teachers.predict(x) if distilling else []
             with self.rng.use(replica):
-                logits = as_logits(self.module(x))
+                logits = as_logits(call(self.module, x))
         return loss_from_logits(logits.float(), [t.float() for t in teacher_logits], y, d.alpha, d.temperature, d.psi,
                                 d.aggregate, ignore_index=self.cfg.loss.ignore_index)
 
@@ -221,7 +226,7 @@ class GroupWorker:
     def predict_probs(self, x: Any) -> torch.Tensor:
         """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
         self.model.eval()
-        probs = torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        probs = torch.softmax(as_logits(call(self.model, to_device(x, self.device))).float(), -1).cpu()
         if self.sharded:
             self.model.reshard()  # the root stays gathered after a forward without backward; free it
         return probs

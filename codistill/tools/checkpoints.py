@@ -20,7 +20,7 @@ from codistill.io import checkpoint
 from codistill.config import ConfigError
 from codistill.components.data.base import IndexedDataset
 from codistill.components.data.pipeline import DataFormatError, fetch, validation_indices
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 
 DATA_PRESETS = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -138,7 +138,7 @@ def predict_probs(
             labels.append(y)
             x = x.to(device) if isinstance(x, torch.Tensor) else x
             for out, m in zip(probs, models):
-                logits = as_logits(m(x)).float()
+                logits = as_logits(call(m, x)).float()
                 out.append(torch.softmax(shift_logits(logits, bias) if bias else logits, -1).cpu())
     except DataFormatError as e:
         raise CheckpointError(str(e)) from None
