@@ -154,6 +154,7 @@ class Trainer:
             raise ConfigError(f"the models predict different numbers of classes ({classes}): every group of a cohort "
                               "must predict the same classes")
         num_classes = next(iter(classes.values()))
+        self.positions = y[0].numel() if y.dim() >= 2 else 0  # labelled positions per example of a sequence model
         self.topo.check_agree(str(num_classes), "number of classes the models predict")
         shift = self.cfg.data.shift_labels
         if shift is None:  # Hugging Face's convention applies to its causal LMs fed its dict batches
@@ -275,6 +276,9 @@ class Trainer:
         if bad:
             raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}"
                                      f"{self._loss_parts(stats[bad[0]], step)}; {self._kept()}")
+        now = time.perf_counter()
+        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
+        self._clock = (now, step)
         run_record = None
         if evaluate:
             per_group, run_record = metrics.summarise(self._eval_sums())
@@ -282,16 +286,17 @@ class Trainer:
                 rec.update(ev)
             run_record = {"step": step, "group": None, **run_record}
             self.final_eval = (per_group, run_record)
+        if self.positions:  # a language model's records: perplexities and tokens per second
+            for rec in [*records, *([run_record] if run_record else [])]:
+                metrics.add_token_metrics(rec, rate * self.cfg.trainer.batch_size * self.positions)
         for rec in records:
             self.metrics.write(rec)
         if run_record is not None:
             self.metrics.write(run_record)
-        now = time.perf_counter()
-        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
-        self._clock = (now, step)
         line = format_progress(step, self.cfg.trainer.max_steps, records, rate)
         if run_record is not None:
-            line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
+            line += (f" | ensemble ppl {run_record['ensemble/ppl']:.2f}" if "ensemble/ppl" in run_record
+                     else f" | ensemble acc {run_record['ensemble/acc']:.4f}")
         log.info(line)
         return bool(stats[0, 6] > 0)
 
