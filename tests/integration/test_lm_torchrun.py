@@ -33,6 +33,12 @@ def test_hf_rows_and_llama_torchrun_equals_simulated(tmp_path: Path) -> None:
     for g in (0, 1):
         assert max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) < 1e-5
     assert max_abs_diff(load_final(dist_dir, 0), load_final(dist_dir, 1)) > 1e-3  # the groups differ
+    # The tied input/output embedding travels once: the exchange moves the distinct parameters, in float32.
+    state = load_final(dist_dir, 0)
+    assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+    unique = sum(v.numel() for k, v in state.items() if k != "lm_head.weight")
+    log = (dist_dir / "logs" / "rank0.log").read_text()
+    assert f"sent {4 * unique} bytes to each of 1 peer group(s)" in log
 
 
 def test_hf_rows_and_llama_resume_bit_exact(tmp_path: Path) -> None:

@@ -46,15 +46,15 @@ def pretrained(path: str, auto_class: str = "AutoModelForCausalLM", reinit_per_g
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{path} holds no config.json: give a directory written by save_pretrained")
     key = (str(directory.resolve()), auto_class, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
-    if key not in _loaded:
-        cls = getattr(transformers_module(), auto_class)
-        with torch.device("cpu"):  # not the meta device of a size probe: this copy is the one every caller gets
+    with torch.device("cpu"):  # not the meta device of a size probe: the loaded copy is the one every caller gets
+        if key not in _loaded:
+            cls = getattr(transformers_module(), auto_class)
             _loaded[key] = cls.from_pretrained(str(directory), local_files_only=True, **kwargs)
-        loads += 1
-        log.info("read %s from disk (once in this process)", directory)
-    model = copy.deepcopy(_loaded[key])
-    if reinit_per_group:
-        reinitialise(model)
+            loads += 1
+            log.info("read %s from disk (once in this process)", directory)
+        model = copy.deepcopy(_loaded[key])
+        if reinit_per_group:
+            reinitialise(model)
     return model
 
 
