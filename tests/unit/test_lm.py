@@ -167,3 +167,18 @@ def test_a_presets_leftover_arguments_are_named_with_the_empty_preset() -> None:
     node = OmegaConf.create({"_target_": "tests.lm_components.hf_rows", "split": "train", "root": None})
     with pytest.raises(ConfigError, match=r"data.train sets root.*data=custom"):
         instantiate.check_arguments(node, "data.train")
+
+
+def test_plain_hf_rows_collate_and_ragged_rows_are_one_line() -> None:
+    """A datasets.Dataset as load_from_disk or load_dataset give it (python lists, no torch format) batches as is;
+    rows of different lengths without a collator are refused with one line naming the key."""
+    import datasets
+
+    from codistill.components.data.pipeline import DataFormatError, fetch
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6]], "labels": [[1, 2, 3], [4, 5, 6]]})
+    x, y = fetch(rows, [0, 1], None)
+    assert torch.equal(x["input_ids"], torch.tensor([[1, 2, 3], [4, 5, 6]])) and y.shape == (2, 3)
+    ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]]})
+    with pytest.raises(DataFormatError, match="'input_ids' have different shapes.*data.collate_fn"):
+        fetch(ragged, [0, 1], None)

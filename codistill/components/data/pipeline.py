@@ -56,7 +56,7 @@ def fetch(dataset: Dataset, indices: Sequence[int], collate: Optional[Collate],
                 f"a sample of the dataset is {_describe(first)}: samples must be (input, target) pairs or dicts with "
                 f"{labels_key!r} (or give data.collate_fn that turns samples into an (inputs, targets) batch)"
             )
-        batch = (collate or default_collate)(samples)
+        batch = (collate or (collate_rows if isinstance(first, Mapping) else default_collate))(samples)
     if isinstance(batch, Mapping):
         batch = split_labels(batch, labels_key)
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -66,6 +66,20 @@ def fetch(dataset: Dataset, indices: Sequence[int], collate: Optional[Collate],
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise DataFormatError(f"targets must be integer class labels; a batch's targets are {_describe(y)}")
     return x, y.long()
+
+
+def collate_rows(rows: list[Mapping]) -> dict[str, torch.Tensor]:
+    """Dict rows (a Hugging Face dataset, with or without with_format("torch")) -> a dict batch of tensors."""
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        try:
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.as_tensor(values)
+        except (RuntimeError, ValueError, TypeError):
+            shapes = sorted({tuple(torch.as_tensor(v).shape) for v in values}, key=str)[:3]
+            raise DataFormatError(f"rows' {key!r} have different shapes ({shapes}): pad them to one length, or give "
+                                  "data.collate_fn (e.g. a transformers data collator)") from None
+    return batch
 
 
 def to_device(x: Any, device: torch.device) -> Any:
