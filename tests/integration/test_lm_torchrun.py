@@ -6,11 +6,13 @@ tied embeddings. 2 groups x 2 replicas, 2 micro-batches per replica: torchrun ==
 stopped and resumed continues bit for bit.
 """
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from codistill.tools.evaluate import evaluate
 from tests.helpers import REPO, load_final, make_trainer, max_abs_diff, run_cli, run_torchrun
 
 pytest.importorskip("transformers")
@@ -33,6 +35,12 @@ def test_hf_rows_and_llama_torchrun_equals_simulated(tmp_path: Path) -> None:
     for g in (0, 1):
         assert max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) < 1e-5
     assert max_abs_diff(load_final(dist_dir, 0), load_final(dist_dir, 1)) > 1e-3  # the groups differ
+    # codistill-eval scores a final.pt as the run did: shifted labels, padding ignored
+    records = [json.loads(line) for line in (sim_dir / "metrics.jsonl").read_text().splitlines()]
+    rows, _ = evaluate([sim_dir / "checkpoints" / f"group{g}" / "final.pt" for g in (0, 1)], examples=16)
+    for g in (0, 1):
+        logged = [r["eval/loss"] for r in records if r.get("group") == g and "eval/loss" in r][-1]
+        assert abs(rows[g]["eval/loss"] - logged) < 1e-5
     # The tied input/output embedding travels once: the exchange moves the distinct parameters, in float32.
     state = load_final(dist_dir, 0)
     assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
