@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-
-class ModelOutputError(TypeError):
-    """A model returned something that holds no logits tensor."""
+from codistill.errors import ModelOutputError
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 from codistill.components import cohort, instantiate
 
 from codistill.io import checkpoint
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.components.data.base import IndexedDataset
 from codistill.components.data.labels import Labels, is_causal_lm
 from codistill.components.data.pipeline import DataFormatError, fetch, to_device, validation_indices

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from codistill.components import instantiate
+from codistill.components.data import corpus
 from codistill.components.data.streams import GroupStream
 from codistill.components.data.token_files import TokenFiles, window_starts
 from codistill.components.models import hf
@@ -118,9 +119,9 @@ def test_tokenize_round_trip_and_token_windows(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("\n\n".join(docs * 20))
     assert tokenize.main(["--train", str(tmp_path / "a.txt"), "--val", str(tmp_path / "a.txt"), "--out",
                           str(tmp_path / "corpus"), "--vocab-size", "300", "--documents", "paragraph"]) == 0
-    tok = tokenize.load_tokenizer(str(tmp_path / "corpus" / "tokenizer.json"))
+    tok = corpus.load_tokenizer(str(tmp_path / "corpus" / "tokenizer.json"))
     ids = np.fromfile(tmp_path / "corpus" / "train_00000.bin", dtype=np.uint16)
-    eos = tok.token_to_id(tokenize.EOS)
+    eos = tok.token_to_id(corpus.EOS)
     pieces = np.split(ids, np.flatnonzero(ids == eos) + 1)[:-1]
     assert [tok.decode(p[:-1].tolist()) for p in pieces] == docs * 20  # every document back, each ended by EOS
     packed = TokenFiles(str(tmp_path / "corpus"), "train", seq_len=8)
@@ -140,7 +141,7 @@ def test_tokenize_round_trip_and_token_windows(tmp_path: Path) -> None:
 def test_token_corpus_training_resumes_bit_exact(tmp_path: Path) -> None:
     text = "\n\n".join(f"verse {i} and the light was good {i % 7}" for i in range(300))
     (tmp_path / "t.txt").write_text(text)
-    meta = tokenize.write_corpus(tmp_path / "corpus", {"train": [text], "val": [text[:2000]]}, vocab_size=64,
+    meta = corpus.write_corpus(tmp_path / "corpus", {"train": [text], "val": [text[:2000]]}, vocab_size=64,
                                  unit="paragraph")
     args = ["data=token_files", f"data.train.root={tmp_path / 'corpus'}", f"data.num_classes={meta['vocab_size']}",
             "data.train.seq_len=16", "trainer.checkpoint_every=4", "distill.burn_in_steps=2",

@@ -15,6 +15,7 @@ from typing import Optional
 
 from codistill.components.data import kjv_chars
 from codistill.components.data.cache import cache_dir
+from codistill.components.data.corpus import write_corpus
 from codistill.components.data.token_files import TokenFiles
 
 
@@ -22,8 +23,6 @@ def corpus(root: Optional[str], vocab_size: int) -> Path:
     """The corpus directory, tokenized on first use (ranks racing to write it each rename a complete copy)."""
     out = (Path(root) if root else cache_dir()) / f"kjv_bpe_{vocab_size}"
     if not (out / "meta.json").is_file():
-        from codistill.tools.tokenize import write_corpus
-
         train, held = kjv_chars.split(kjv_chars.read_text(root))
         write_corpus(out, {"train": [train], "val": [held]}, vocab_size=vocab_size, unit="paragraph",
                      replace=False)

@@ -19,15 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-
-class DataFormatError(ValueError):
-    """Samples that are not (input, target) pairs, or labels outside [0, C): one line that says what came."""
-
-    @staticmethod
-    def line(e: Exception) -> str:
-        """The one-line message, also of an error a DataLoader worker raised (re-raised with its traceback)."""
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        return last.split("DataFormatError: ", 1)[-1]
+from codistill.errors import DataFormatError
 
 
 def split_labels(batch: Mapping, key: str) -> tuple[dict[str, Any], Any]:

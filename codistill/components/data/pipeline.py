@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from codistill.components.data.base import Batch, IndexedDataset
-from codistill.components.data.labels import DataFormatError, Labels, split_labels
+from codistill.components.data.labels import Labels, split_labels
 from codistill.components.data.streams import GroupStream
 from codistill.components.rng import derive_seed
+from codistill.errors import DataFormatError
 
 
 Collate = Callable[[list[Any]], Any]
