@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from codistill.errors import ConfigError
 
 
+EXTRAS = {"transformers": "hf", "tokenizers": "hf", "datasets": "hf"}  # packages of an optional extra
 OBJECT_KEY = "_python_object_"  # marks a component that codistill.fit received as an object, not an import path
 
 
@@ -41,7 +42,9 @@ def target_of(node: Any, where: str) -> Callable[..., Any]:
     except Exception as e:  # Hydra wraps ImportError/AttributeError; the cause's first line says which part failed
         cause = e.__cause__ or e
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ConfigError(f"{where}._target_={path} does not resolve: {detail}") from None
+        extra = EXTRAS.get(path.split(".")[0])
+        hint = f" (pip install 'codistill[{extra}]')" if extra and "No module named" in detail else ""
+        raise ConfigError(f"{where}._target_={path} does not resolve: {detail}{hint}") from None
 
 
 def kwargs_of(node: Any) -> dict[str, Any]:

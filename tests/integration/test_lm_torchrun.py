@@ -7,12 +7,14 @@ stopped and resumed continues bit for bit.
 """
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from codistill.tools.evaluate import evaluate
+from codistill.tools.plot import plot_run
 from tests.helpers import REPO, load_final, make_trainer, max_abs_diff, run_cli, run_torchrun
 
 pytest.importorskip("transformers")
@@ -41,6 +43,13 @@ def test_hf_rows_and_llama_torchrun_equals_simulated(tmp_path: Path) -> None:
     for g in (0, 1):
         logged = [r["eval/loss"] for r in records if r.get("group") == g and "eval/loss" in r][-1]
         assert abs(rows[g]["eval/loss"] - logged) < 1e-5
+    # language-model metrics: perplexities of the per-token losses, tokens per second; the perplexity plot
+    last = [r for r in records if r["step"] == 8]
+    for r in last:
+        key = "eval" if r["group"] is not None else "ensemble"
+        assert r[f"{key}/ppl"] == pytest.approx(math.exp(r[f"{key}/loss"]))
+    assert all(r["train/tokens_per_s"] > 0 and "train/ppl" in r for r in last if r["group"] is not None)
+    assert (sim_dir / "plots" / "perplexity.png") in plot_run(sim_dir)
     # The tied input/output embedding travels once: the exchange moves the distinct parameters, in float32.
     state = load_final(dist_dir, 0)
     assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])

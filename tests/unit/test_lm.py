@@ -5,6 +5,7 @@ rows in Hugging Face's convention (labels = input_ids, -100 padding, attention_m
 LlamaForCausalLM from a nested LlamaConfig with tied input/output embeddings.
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from codistill.components import instantiate
-from codistill.components.data import corpus
+from codistill.components.data import corpus, kjv_bpe, kjv_chars
+from codistill.components.data.cache import cache_dir
 from codistill.components.data.streams import GroupStream
 from codistill.components.data.token_files import TokenFiles, window_starts
 from codistill.components.models import hf
@@ -183,3 +185,17 @@ def test_plain_hf_rows_collate_and_ragged_rows_are_one_line() -> None:
     ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]]})
     with pytest.raises(DataFormatError, match="'input_ids' have different shapes.*data.collate_fn"):
         fetch(ragged, [0, 1], None)
+
+
+@pytest.mark.skipif(not (cache_dir() / kjv_chars.FILE).is_file() and shutil.which("bible") is None,
+                    reason=f"KJV text not installed ({kjv_chars.INSTALL})")
+def test_kjv_bpe_is_a_local_bpe_token_corpus() -> None:
+    """data=kjv_bpe: a byte-level BPE trained locally on the KJV training text (cached), both splits as windows."""
+    train, test = (kjv_bpe.dataset(split, seq_len=128, vocab_size=4096) for split in ("train", "test"))
+    assert train.vocab_size == 4096 and train.dtype == np.uint16
+    assert 0.9e6 < train.num_tokens < 1.2e6 and 0.09e6 < test.num_tokens < 0.13e6  # 4.3 M characters, ~3.8 per token
+    assert len(train) == (train.num_tokens - 1) // 128 and len(test) == (test.num_tokens - 1) // 128
+    x, y = train[5]
+    assert x.shape == y.shape == (128,) and torch.equal(x[1:], y[:-1]) and int(x.max()) < 4096
+    tok = corpus.load_tokenizer(str(train.root / "tokenizer.json"))
+    assert "In the beginning God created the heaven" in tok.decode(train.__getitems__([0])[0][0].tolist())
