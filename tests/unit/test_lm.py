@@ -199,3 +199,21 @@ def test_kjv_bpe_is_a_local_bpe_token_corpus() -> None:
     assert x.shape == y.shape == (128,) and torch.equal(x[1:], y[:-1]) and int(x.max()) < 4096
     tok = corpus.load_tokenizer(str(train.root / "tokenizer.json"))
     assert "In the beginning God created the heaven" in tok.decode(train.__getitems__([0])[0][0].tolist())
+
+
+def test_dict_inputs_go_to_the_keys_the_forward_names() -> None:
+    """model(**inputs) with the named keys (use_cache=False where taken); a forward naming none takes the dict whole."""
+    from codistill.engine.logits import call
+
+    class Whole(torch.nn.Module):
+        def forward(self, batch):
+            return sorted(batch)
+
+    class Named(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            return (input_ids, attention_mask, use_cache)
+
+    x = {"input_ids": torch.zeros(1), "attention_mask": torch.ones(1), "special_tokens_mask": torch.ones(1)}
+    assert call(Whole(), x) == ["attention_mask", "input_ids", "special_tokens_mask"]
+    ids, mask, cache = call(Named(), x)
+    assert ids is x["input_ids"] and mask is x["attention_mask"] and cache is False
