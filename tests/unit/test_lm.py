@@ -172,7 +172,7 @@ def test_a_presets_leftover_arguments_are_named_with_the_empty_preset() -> None:
         instantiate.check_arguments(node, "data.train")
 
 
-def test_plain_hf_rows_collate_and_ragged_rows_are_one_line() -> None:
+def test_plain_hf_rows_collate_and_ragged_rows_are_one_line(tmp_path: Path) -> None:
     """A datasets.Dataset as load_from_disk or load_dataset give it (python lists, no torch format) batches as is;
     rows of different lengths without a collator are refused with one line naming the key."""
     import datasets
@@ -182,6 +182,11 @@ def test_plain_hf_rows_collate_and_ragged_rows_are_one_line() -> None:
     rows = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6]], "labels": [[1, 2, 3], [4, 5, 6]]})
     x, y = fetch(rows, [0, 1], None)
     assert torch.equal(x["input_ids"], torch.tensor([[1, 2, 3], [4, 5, 6]])) and y.shape == (2, 3)
+    rows.save_to_disk(str(tmp_path / "rows"))  # load_from_disk as a component, by import path
+    saved = instantiate.build(OmegaConf.create({"_target_": "datasets.load_from_disk",
+                                                "dataset_path": str(tmp_path / "rows")}), "data.train")
+    sx, sy = fetch(saved, [0, 1], None)
+    assert torch.equal(sx["input_ids"], x["input_ids"]) and torch.equal(sy, y)
     ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]]})
     with pytest.raises(DataFormatError, match="'input_ids' have different shapes.*data.collate_fn"):
         fetch(ragged, [0, 1], None)
