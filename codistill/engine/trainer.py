@@ -110,7 +110,7 @@ class Trainer:
             log.info("teacher copy of group %d: %d of its %d parameter values on this rank", g, here, total)
         for w in self.workers.values():
             w.rng.activate()
-        self.vectorized = vectorized.build(cfg, topo, self.workers)  # None: the groups step one by one
+        self.vectorized = vectorized.build(cfg, topo, self.workers, self.dict_batches)  # None: the groups one by one
         # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
         first = next(iter(self.workers.values()))
         self.outer = OuterStep(d, first.flattener, topo.device) if self.schedule.averaging else None
@@ -161,9 +161,10 @@ class Trainer:
         num_classes = next(iter(classes.values()))
         self.positions = y[0].numel() if y.dim() >= 2 else 0  # labelled positions per example of a sequence model
         self.topo.check_agree(str(num_classes), "number of classes the models predict")
+        self.dict_batches = isinstance(x, Mapping)
         shift = self.cfg.data.shift_labels
         if shift is None:  # Hugging Face's convention applies to its causal LMs fed its dict batches
-            shift = isinstance(x, Mapping) and any(is_causal_lm(w.model) for w in self.workers.values())
+            shift = self.dict_batches and any(is_causal_lm(w.model) for w in self.workers.values())
         self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index, shift)
         targets = getattr(self.data.dataset, "targets", None)
         try:

@@ -19,7 +19,6 @@ so such models (and torchrun, where a process holds one group) fall back to the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -38,8 +37,9 @@ log = logging.getLogger("codistill")
 Params = dict[str, torch.Tensor]
 
 
-def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional[str]:
-    """Why these groups cannot run stacked, or None when they can."""
+def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker], dict_batches: bool = False
+                       ) -> Optional[str]:
+    """Why these groups cannot run stacked, or None when they can. `dict_batches`: the data gives dict batches."""
     if not topo.simulated:
         return "it needs topology.mode=simulated (under torchrun a process holds one group)"
     if len(workers) < 2:
@@ -52,8 +52,6 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
     if not cfg.distill.exchange.startswith("collective"):
         return f"distill.exchange={cfg.distill.exchange} may leave groups with different teacher copies"
-    if isinstance(next(iter(workers.values())).data.probe()[0], Mapping):
-        return "the batches are dicts (model(**inputs)), which the stacked step does not map over"
     models = [w.model for w in workers.values()]
     shapes = [(type(m), [(n, p.shape) for n, p in m.named_parameters()]) for m in models]
     if any(s != shapes[0] for s in shapes):
@@ -64,14 +62,17 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "the model has a recurrent layer (LSTM/GRU/RNN), for which torch.func's vmap has no batching rule"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in models[0].modules()):
         return "the model uses dropout, whose per-replica random streams the stacked step cannot reproduce"
+    if dict_batches:
+        return "the batches are dicts (model(**inputs)), which the stacked step does not map over"
     return None
 
 
-def build(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional["VectorizedGroups"]:
+def build(cfg: Any, topo: Topology, workers: dict[int, GroupWorker], dict_batches: bool = False
+          ) -> Optional["VectorizedGroups"]:
     """The stacked engine when topology.vectorize asks for it and the groups allow it; else None (the loop)."""
     if not cfg.topology.vectorize:
         return None
-    reason = unsupported_reason(cfg, topo, workers)
+    reason = unsupported_reason(cfg, topo, workers, dict_batches)
     if reason is not None:
         log.warning("topology.vectorize: running the groups one by one because %s", reason)
         return None
