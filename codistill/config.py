@@ -50,7 +50,8 @@ class DataConfig:
     eval_examples: int = 0  # 0 = the whole held-out set
     labels_key: str = "labels"  # dict batches (Hugging Face rows, collators): the labels' key; the rest are inputs
     # Score position t against labels[t + 1] (labels = input_ids, Hugging Face's causal-LM convention, the last
-    # position unscored); None = for dict batches fed to a `*ForCausalLM` model. Needs loss.ignore_index.
+    # position unscored); None = for dict batches fed to a `*ForCausalLM` model, with labels that contradict that
+    # choice refused (copies of the inputs, or already shifted). Needs loss.ignore_index.
     shift_labels: Optional[bool] = None
 
 

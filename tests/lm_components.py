@@ -26,3 +26,11 @@ def hf_rows(split: str = "train", examples: int = 64, seq_len: int = 12, vocab: 
         rows["attention_mask"].append([1] * length + [0] * pad)
         rows["labels"].append(labels + [-100] * pad)
     return datasets.Dataset.from_dict(rows).with_format("torch")
+
+
+def copy_pairs(examples: int = 32, seq_len: int = 12, vocab: int = 48) -> list:
+    """(ids, ids) pairs: labels equal to the inputs, a "copy the current token" objective by mistake."""
+    import torch
+
+    ids = torch.randint(1, vocab, (examples, seq_len), generator=torch.Generator().manual_seed(0))
+    return [(row, row.clone()) for row in ids]

@@ -168,7 +168,8 @@ class Trainer:
         self.data.labels = Labels(num_classes, self.cfg.loss.ignore_index, shift)
         targets = getattr(self.data.dataset, "targets", None)
         try:
-            self.data.labels.check_alignment(x, y, "data.train")
+            if self.cfg.data.shift_labels is None:
+                self.data.labels.check_alignment(x, y, "data.train")
             self.data.labels.check(self.data.labels.align(x, y), "data.train")
             if isinstance(targets, torch.Tensor):  # labels known up front (in-memory datasets): check them all now
                 self.data.labels.check(targets if self.data.subset is None else targets[self.data.subset], "data.train")

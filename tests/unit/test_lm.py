@@ -62,7 +62,8 @@ def test_hf_convention_labels_train_the_shifted_cross_entropy(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("args", "message"), [
     (["loss.ignore_index=-100", "+data.train.shifted=true"], "already shifted (labels[t] = input_ids[t + 1])"),
-    (["loss.ignore_index=-100", "data.shift_labels=false"], "labels equal its input tokens"),
+    (["data.train._target_=tests.lm_components.copy_pairs", "~data.train.split", "~data.train.examples"],
+     "labels equal its input tokens: the model would learn to copy the current token"),
     ([], "set loss.ignore_index=-100"),
     (["data.shift_labels=false", "+data.train.shifted=true"], "if -100 marks padding, set loss.ignore_index=-100"),
 ])

@@ -80,7 +80,8 @@ class Labels:
         return y.masked_fill(~keep, self.ignore_index)
 
     def check_alignment(self, x: Any, y: torch.Tensor, where: str) -> None:
-        """Refuse labels that contradict the convention in force (see the module's docstring)."""
+        """Refuse labels that contradict the convention in force (see the module's docstring). The engine checks
+        when it chose the convention itself (data.shift_labels unset); a user who set it has declared the labels."""
         ids = input_ids(x)
         if ids is None or tuple(ids.shape) != tuple(y.shape) or y.dim() < 2 or y.shape[-1] < 2:
             return
@@ -89,7 +90,8 @@ class Labels:
         if not self.shift and same and valid.any():
             raise DataFormatError(
                 f"{where}'s labels equal its input tokens: the model would learn to copy the current token; give "
-                "next-token labels (labels[t] = input_ids[t + 1]), or set data.shift_labels=true to have them shifted"
+                "next-token labels (labels[t] = input_ids[t + 1]), set data.shift_labels=true to have them shifted, or "
+                "data.shift_labels=false if copying is the task"
             )
         ahead = bool(((y[..., :-1] == ids[..., 1:]) | ~valid[..., :-1]).all())
         if self.shift and ahead and not same and valid[..., :-1].any():
