@@ -3,7 +3,7 @@
 tests/lm_components.hf_rows is a `datasets.Dataset` (with_format("torch")) of rows {input_ids, attention_mask,
 labels = input_ids} padded with -100; the model a transformers LlamaForCausalLM built from a nested LlamaConfig with
 tied embeddings. 2 groups x 2 replicas, 2 micro-batches per replica: torchrun == simulated, and a simulated run
-stopped and resumed continues bit for bit.
+stopped and resumed continues bit for bit (through the filesystem exchange).
 """
 
 import json
@@ -59,7 +59,7 @@ def test_hf_rows_and_llama_torchrun_equals_simulated(tmp_path: Path) -> None:
 
 
 def test_hf_rows_and_llama_resume_bit_exact(tmp_path: Path) -> None:
-    args = ["topology.replicas=2", "trainer.checkpoint_every=4"]
+    args = ["topology.replicas=2", "trainer.checkpoint_every=4", "distill.exchange=filesystem"]
 
     def train(run_dir: Path, steps: int):
         trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, LM)

@@ -141,14 +141,17 @@ def test_tokenize_round_trip_and_token_windows(tmp_path: Path) -> None:
     assert len(window_starts(ids, 8, "pack", eos)) == (len(ids) - 1) // 8
 
 
-def test_token_corpus_training_resumes_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["codistill", "diloco"])
+def test_token_corpus_training_resumes_bit_exact(tmp_path: Path, mode: str) -> None:
+    """Windows of a token corpus, a tied-embedding Llama: 8 steps straight == 4, stop, resume, 4 (DiLoCo: its outer
+    state, the tied embedding one parameter, restored too)."""
     text = "\n\n".join(f"verse {i} and the light was good {i % 7}" for i in range(300))
     (tmp_path / "t.txt").write_text(text)
     meta = corpus.write_corpus(tmp_path / "corpus", {"train": [text], "val": [text[:2000]]}, vocab_size=64,
                                  unit="paragraph")
     args = ["data=token_files", f"data.train.root={tmp_path / 'corpus'}", f"data.num_classes={meta['vocab_size']}",
             "data.train.seq_len=16", "trainer.checkpoint_every=4", "distill.burn_in_steps=2",
-            "distill.exchange_every=3", "optim.name=adam", "optim.lr=0.01"]
+            "distill.exchange_every=3", "optim.name=adam", "optim.lr=0.01", f"distill={mode}"]
 
     def train(run_dir: Path, steps: int):
         trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, LM)
@@ -162,6 +165,9 @@ def test_token_corpus_training_resumes_bit_exact(tmp_path: Path) -> None:
     for g in (0, 1):
         a, b = straight.workers[g].model.state_dict(), resumed.workers[g].model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+    if mode == "diloco":
+        assert torch.equal(straight.outer.params, resumed.outer.params)
+        assert straight.outer.buffers.numel() == 0  # the tied lm_head is no buffer
 
 
 def test_a_presets_leftover_arguments_are_named_with_the_empty_preset() -> None:
