@@ -229,3 +229,22 @@ def test_dict_inputs_go_to_the_keys_the_forward_names() -> None:
     assert call(Whole(), x) == ["attention_mask", "input_ids", "special_tokens_mask"]
     ids, mask, cache = call(Named(), x)
     assert ids is x["input_ids"] and mask is x["attention_mask"] and cache is False
+
+
+def test_the_examples_datasets_blocks_and_transformers_collator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """examples/hf_causal_lm's data path: load_dataset("text") blocks + DataCollatorForLanguageModeling give dict
+    batches whose labels are the input ids (Hugging Face's convention, shifted by the engine for a causal LM)."""
+    from codistill.components.data.pipeline import fetch
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "hf_causal_lm"))
+    from hf_causal_lm import data
+
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(f"And the evening and the morning were day {i}." for i in range(200)))
+    tok = corpus.train_bpe([text.read_text()], 128, "line")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    blocks = data.text_blocks([str(text)], str(tmp_path / "tokenizer.json"), "train", block_size=16)
+    x, y = fetch(blocks, [0, 1, 2], data.collator(str(tmp_path / "tokenizer.json")))
+    assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].shape == (3, 16)
+    assert torch.equal(y, x["input_ids"])
