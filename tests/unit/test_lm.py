@@ -46,8 +46,8 @@ def test_hf_convention_labels_train_the_shifted_cross_entropy(tmp_path: Path) ->
     w = trainer.workers[0]
     x, y = w._batch(0, 0)
     assert set(x) == {"input_ids", "attention_mask"}  # the labels were taken out of the inputs
-    ce = w._loss(x, y, False, 0).ce
-    rows = trainer.data.dataset[w.stream.batch_indices(0, 0).tolist()]
+    ce = w._loss(x, y, False).ce
+    rows = trainer.data.dataset[w.batches.stream.batch_indices(0, 0).tolist()]
     model = w.model.train()  # no dropout in the tiny Llama: train mode computes what _loss computed
     with torch.no_grad():
         logits = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
