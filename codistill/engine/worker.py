@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from typing import Any, ContextManager, Optional
 
 import torch
@@ -27,7 +28,7 @@ from codistill.components.rng import ReplicaRNG
 from codistill.distributed import sharding
 from codistill.distributed.topology import Topology
 from codistill.engine.algorithm import LossParts, LossSpec, Schedule
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.precision import Precision
 from codistill.engine.replicas import ddp_buffer_semantics
@@ -39,8 +40,12 @@ def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tens
     """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
     if n == 1:
         return [(x, y)]
+    if isinstance(x, Mapping) and all(isinstance(v, torch.Tensor) for v in x.values()):
+        parts = {k: v.chunk(n) for k, v in x.items()}  # a dict batch: every entry split along the batch
+        return [({k: v[i] for k, v in parts.items()}, ym) for i, ym in enumerate(y.chunk(n))]
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs; this dataset's inputs are {type(x).__name__}")
+        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs (or dicts of them); this dataset's inputs are "
+                          f"{type(x).__name__}")
     return list(zip(x.chunk(n), y.chunk(n)))
 
 
@@ -129,7 +134,7 @@ class GroupWorker:
         """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
         with self.precision.autocast():
             teacher_logits = self.teachers.predict(x) if distilling else []
-            logits = as_logits(self.module(x))
+            logits = as_logits(call(self.module, x))
         return self.loss(logits.float(), [t.float() for t in teacher_logits], y)
 
     def _grad_sync(self, last: bool) -> ContextManager:
@@ -177,7 +182,7 @@ class GroupWorker:
     def predict_probs(self, x: Any) -> torch.Tensor:
         """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
         self.model.eval()
-        probs = torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        probs = torch.softmax(as_logits(call(self.model, to_device(x, self.device))).float(), -1).cpu()
         if self.sharded:
             self.model.reshard()  # the root stays gathered after a forward without backward; free it
         return probs
