@@ -54,6 +54,13 @@ class DataConfig:
 @dataclass
 class LossConfig:
     ignore_index: Optional[int] = None  # a label value (padding) ignored by the label loss, the distillation term and metrics
+    # Tokens per chunk of the loss (label CE + distillation term, in float32 one chunk at a time, same loss and
+    # gradients): null = 1024 when the output has >= 8192 classes, else unchunked; 0 = unchunked
+    chunk_tokens: Optional[int] = None
+    # The output layer fused into the chunked loss (forwards stop at the hidden states; full logits never exist):
+    # null = not fused; auto = a Hugging Face model's get_output_embeddings(); else a module path (e.g. lm_head).
+    # Must be a plain nn.Linear whose output is the model's output; otherwise a logged line and no fusion.
+    output_layer: Optional[str] = None
 
 
 @dataclass
@@ -266,6 +273,8 @@ def validate(cfg: Any, replicas: int) -> None:
         f"distill.shard_exchange=true needs distill.exchange=collective (got {dist.exchange})",
     )
     _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
+    _check(cfg.loss.chunk_tokens is None or cfg.loss.chunk_tokens >= 0,
+           f"loss.chunk_tokens={cfg.loss.chunk_tokens} must be >= 0 (0 = unchunked, null = automatic)")
     _check(
         dist.burn_in_steps is None or dist.burn_in_steps >= 0,
         f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0 (or null: 10% of trainer.max_steps)",

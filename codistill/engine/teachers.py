@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from codistill.engine.logits import as_logits
+from codistill.engine import fused_head
+from codistill.engine.chunked import Prediction
 from codistill.engine.precision import teacher_autocast
 from codistill.distributed.sharding import local
 
@@ -112,9 +113,10 @@ class TeacherCopies:
         return [p for p, s in self.source_step.items() if s is not None]
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def predict(self, x: torch.Tensor, head: Optional[str] = None) -> list[Prediction]:
+        """The ready copies' predictions on x: logits, or hidden states and head when layer `head` is fused."""
         with teacher_autocast(self.pool.dtype, self.pool.device):
-            return [as_logits(self.pool.forwards[p](x)) for p in self.ready]
+            return [fused_head.predict(self.pool.forwards[p], self.models[p], head, x) for p in self.ready]
 
     def staleness(self, step: int) -> Optional[int]:
         """Steps since the oldest copy was taken (None before the first exchange)."""

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from codistill.engine.algorithm import loss_from_logits
+from codistill.engine.algorithm import LossParts, loss_from_logits
+from codistill.engine.chunked import chunk_size, chunked_loss
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.engine.optim import build_optimizer, build_schedule
@@ -47,6 +48,8 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "fp16's GradScaler steps each group's optimizer on its own"
     if cfg.trainer.compile:
         return "trainer.compile compiles each group's module, not the stacked functional step"
+    if cfg.loss.output_layer is not None:
+        return "loss.output_layer fuses each group's own output layer into its loss"
     if cfg.distill.mode == "kd":
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
     if not cfg.distill.exchange.startswith("collective"):
@@ -118,9 +121,13 @@ class VectorizedGroups:
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
                     logits = self._forward(self.params, xm)
-                parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
-                                         d.temperature, d.psi, d.aggregate, groups=G,
-                                         ignore_index=self.cfg.loss.ignore_index)
+                chunk = chunk_size(self.cfg.loss.chunk_tokens, logits.shape[-1])
+                if chunk:  # loss.chunk_tokens: the same loss, one chunk of tokens at a time
+                    parts = LossParts(*chunked_loss(logits, teacher_logits, ym, w0.spec, chunk, groups=G))
+                else:
+                    parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
+                                             d.temperature, d.psi, d.aggregate, groups=G,
+                                             ignore_index=self.cfg.loss.ignore_index)
                 (parts.total.sum() * w0.grad_scale).backward()
                 sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
                     len(w0.replicas) * w0.accum)

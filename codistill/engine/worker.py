@@ -19,7 +19,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from codistill.engine import fused_head
 from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
+from codistill.engine.chunked import LossSpec, chunk_size, chunked_loss
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
 from codistill.config import ConfigError
@@ -103,6 +105,11 @@ class GroupWorker:
         )
         self._batches: dict[int, Iterator[tuple[int, Any, torch.Tensor]]] = {}  # replica -> its loader
         self.rng = ReplicaRNG(cfg.seed, group, self.replicas, self.device)
+        d = cfg.distill
+        self.spec = LossSpec(d.alpha, d.temperature, d.psi, d.aggregate, cfg.loss.ignore_index)
+        # the output layer run inside the chunked loss (None: the model's forward gives the logits)
+        blocker = "topology.strategy=fsdp shards the layer's weight" if self.sharded else None
+        self.head = fused_head.resolve(self.model, cfg.loss.output_layer, blocker)
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
@@ -137,14 +144,22 @@ class GroupWorker:
         return parts_sum
 
     def _loss(self, x: Any, y: torch.Tensor, distilling: bool, replica: int) -> LossParts:
-        """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
-        d = self.cfg.distill
+        """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32.
+
+        With a fused output layer (loss.output_layer) the forwards stop at the hidden states and the chunked loss
+        projects them; with loss.chunk_tokens it runs chunk by chunk (codistill/engine/chunked.py).
+        """
         with self.precision.autocast():
-            teacher_logits = self.teachers.predict(x) if distilling else []
+            teachers = self.teachers.predict(x, self.head) if distilling else []
             with self.rng.use(replica):
-                logits = as_logits(self.module(x))
-        return loss_from_logits(logits.float(), [t.float() for t in teacher_logits], y, d.alpha, d.temperature, d.psi,
-                                d.aggregate, ignore_index=self.cfg.loss.ignore_index)
+                student = fused_head.predict(self.module, self.model, self.head, x)
+        vocab = student[1].weight.shape[0] if isinstance(student, tuple) else student.shape[-1]
+        chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab)
+        if self.head is None and not chunk and not any(isinstance(t, tuple) for t in teachers):
+            s = self.spec
+            return loss_from_logits(student.float(), [t.float() for t in teachers], y, s.alpha, s.temperature,
+                                    s.psi, s.aggregate, ignore_index=s.ignore_index)
+        return LossParts(*chunked_loss(student, teachers, y, self.spec, chunk))
 
     def _grad_sync(self, last: bool) -> ContextManager:
         """DDP all-reduces (FSDP reduce-scatters) the gradient on the last micro-batch of a step only."""
