@@ -52,17 +52,24 @@ def layer_name(model: nn.Module, setting: Optional[str]) -> tuple[Optional[str],
     return name, None
 
 
-def resolve(model: nn.Module, setting: Optional[str], blocker: Optional[str] = None) -> Optional[str]:
+def resolve(model: nn.Module, setting: Optional[str], blocker: Optional[str] = None,
+            report: bool = True) -> Optional[str]:
     """The layer to fuse for `loss.output_layer=setting`, or None (logging one line why, when fusion was asked for).
 
-    `blocker`: a reason from the run's setup (e.g. sharding) that rules fusion out.
+    `blocker`: a reason from the run's setup (e.g. sharding) that rules fusion out. `report`: log the outcome (one
+    line per process: its first group's).
     """
     if setting is None:
         return None
     name, reason = (None, blocker) if blocker else layer_name(model, setting)
+    if not report:
+        return name
     if name is None:
         log.warning("loss.output_layer=%s: not fused, the loss chunks the full logits instead, because %s",
                     setting, reason)
+    else:
+        log.info("loss.output_layer=%s: %s runs inside the chunked loss (forwards stop at the hidden states)",
+                 setting, name)
     return name
 
 

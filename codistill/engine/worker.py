@@ -109,7 +109,8 @@ class GroupWorker:
         self.spec = LossSpec(d.alpha, d.temperature, d.psi, d.aggregate, cfg.loss.ignore_index)
         # the output layer run inside the chunked loss (None: the model's forward gives the logits)
         blocker = "topology.strategy=fsdp shards the layer's weight" if self.sharded else None
-        self.head = fused_head.resolve(self.model, cfg.loss.output_layer, blocker)
+        self.head = fused_head.resolve(self.model, cfg.loss.output_layer, blocker,
+                                       report=group == min(topo.local_groups))
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
