@@ -72,7 +72,11 @@ def chunk_size(chunk_tokens: Optional[int], vocab: int) -> int:
     return chunk_tokens
 
 
-def _flat(pred: Prediction, lead: int) -> Prediction:
+def vocab_of(pred: Prediction) -> int:
+    return pred[1].weight.shape[-2] if isinstance(pred, tuple) else pred.shape[-1]
+
+
+def flat_tokens(pred: Prediction, lead: int) -> Prediction:
     """[..., B, L, C] -> [..., B*L, C], keeping `lead` leading (group) dimensions."""
     if isinstance(pred, tuple):
         hidden, head = pred
@@ -80,7 +84,8 @@ def _flat(pred: Prediction, lead: int) -> Prediction:
     return pred.reshape(*pred.shape[:lead], -1, pred.shape[-1])
 
 
-def _chunk_logits(pred: Prediction, sl: slice) -> torch.Tensor:
+def chunk_logits(pred: Prediction, sl: slice) -> torch.Tensor:
+    """float32 logits of the tokens `sl` of a flat prediction."""
     if isinstance(pred, tuple):
         hidden, head = pred
         return head(hidden[..., sl, :])
@@ -115,8 +120,8 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     dimension (the vectorised mode) and each part is a vector of the groups' losses.
     """
     lead = 1 if groups else 0
-    student = _flat(student, lead)
-    teachers = [_flat(t, lead) for t in teachers]
+    student = flat_tokens(student, lead)
+    teachers = [flat_tokens(t, lead) for t in teachers]
     y = y.reshape(*y.shape[:lead], -1)
     n = y.shape[-1]
     chunk = chunk or n
@@ -138,7 +143,7 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
-            z = _chunk_logits(student, sl)
+            z = chunk_logits(student, sl)
             w, yc = weights[..., sl], y[..., sl]
             log_p = F.log_softmax(z, dim=-1)
             ce += -(log_p.gather(-1, yc.unsqueeze(-1)).squeeze(-1) * w).sum(-1)
@@ -146,7 +151,7 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
             dz.scatter_add_(-1, yc.unsqueeze(-1), torch.full_like(z[..., :1], -1.0))
             del log_p
             if teachers:
-                d, g = _distill_chunk(z, [_chunk_logits(t, sl) for t in teachers], T, spec)
+                d, g = _distill_chunk(z, [chunk_logits(t, sl) for t in teachers], T, spec)
                 distill += (d * w).sum(-1)
                 dz.add_(g, alpha=spec.alpha)
                 del g

@@ -25,7 +25,8 @@ from codistill.components import cohort
 
 from codistill.distributed import sharding
 
-from codistill.engine import vectorized
+from codistill.engine import eval_chunks, vectorized
+from codistill.engine.chunked import chunk_size, vocab_of
 
 from codistill.io import checkpoint, metrics
 from codistill.engine.algorithm import Schedule
@@ -309,36 +310,42 @@ class Trainer:
         return -(-(-(-n // self.topo.replicas)) // self.cfg.data.eval_batch_size)
 
     def _eval_sums(self) -> torch.Tensor:
-        """Per-group, ensemble and churn sums on the held-out set; under torchrun replica r scores shard r."""
+        """Per-group, ensemble and churn sums on the held-out set; under torchrun replica r scores shard r.
+
+        Accumulated batch by batch and token chunk by token chunk (codistill/engine/eval_chunks.py): no batch's
+        probabilities outlive it.
+        """
         for w in self.workers.values():
             w.sync_buffers()
-        outputs: dict[int, list[torch.Tensor]] = {g: [] for g in self.workers}
-        labels = []
+        workers = [self.workers[g] for g in self.topo.job_groups if g in self.workers]
+        gather = (lambda probs: probs) if self.topo.simulated else self._gather_groups
+        sums = torch.zeros(len(self.topo.job_groups) + 2, 3, dtype=torch.float64)
         try:
             batches = 0
             for x, y in self._eval_loader():
-                labels.append(y)
                 batches += 1
-                for g, w in self.workers.items():
-                    outputs[g].append(w.predict_probs(x))
+                predictions = [w.predict(x) for w in workers]
+                chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab_of(predictions[0]))
+                sums += eval_chunks.batch_sums(predictions, y, self.cfg.loss.ignore_index, chunk, gather)
+                del predictions
             if self.sharded:  # a sharded forward is a collective: run as many as the group's busiest replica
                 for _ in range(batches, self._eval_batches_per_replica()):
-                    for w in self.workers.values():
-                        w.predict_probs(x)
+                    for w in workers:
+                        w.predict(x)
         except DataFormatError as e:
             raise ConfigError(str(e)) from None
-        local = {g: torch.cat(o) for g, o in outputs.items()}
-        y = torch.cat(labels)
-        ignore = self.cfg.loss.ignore_index
         if self.topo.simulated:
-            probs = torch.stack([local[g] for g in self.topo.job_groups])
-            return metrics.eval_sums(probs, y, ignore)
-        ((g, mine),) = local.items()
-        gathered = [torch.empty_like(mine, device=self.topo.device) for _ in self.topo.job_groups]
-        dist.all_gather(gathered, mine.to(self.topo.device), group=self.topo.group_pg)
-        sums = metrics.eval_sums(torch.stack([t.cpu() for t in gathered]), y, ignore).to(self.topo.device)
+            return sums
+        sums = sums.to(self.topo.device)
         dist.all_reduce(sums, group=self.topo.replica_pg)
         return sums.cpu()
+
+    def _gather_groups(self, probs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every group's probabilities of one chunk, from this rank's one group's (along the mesh's group dim)."""
+        (mine,) = probs
+        gathered = [torch.empty_like(mine, device=self.topo.device) for _ in self.topo.job_groups]
+        dist.all_gather(gathered, mine.to(self.topo.device), group=self.topo.group_pg)
+        return gathered
 
     # --- save ---------------------------------------------------------------------------------------------------
     def _save_final(self, step: int) -> None:

@@ -21,12 +21,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codistill.engine import fused_head
 from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
-from codistill.engine.chunked import LossSpec, chunk_size, chunked_loss
+from codistill.engine.chunked import LossSpec, Prediction, chunk_size, chunked_loss, vocab_of
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
 from codistill.config import ConfigError
 from codistill.engine.kd import FixedTeacher
-from codistill.engine.logits import as_logits
 from codistill.engine.optim import build_optimizer, build_schedule
 from codistill.components.rng import ReplicaRNG, derive_seed
 from codistill.engine.precision import PRECISIONS, Precision
@@ -154,8 +153,7 @@ class GroupWorker:
             teachers = self.teachers.predict(x, self.head) if distilling else []
             with self.rng.use(replica):
                 student = fused_head.predict(self.module, self.model, self.head, x)
-        vocab = student[1].weight.shape[0] if isinstance(student, tuple) else student.shape[-1]
-        chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab)
+        chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab_of(student))
         if self.head is None and not chunk and not any(isinstance(t, tuple) for t in teachers):
             s = self.spec
             return loss_from_logits(student.float(), [t.float() for t in teachers], y, s.alpha, s.temperature,
@@ -234,13 +232,13 @@ class GroupWorker:
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
-    def predict_probs(self, x: Any) -> torch.Tensor:
-        """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
+    def predict(self, x: Any) -> Prediction:
+        """The student's prediction (eval mode) on one held-out batch: logits, or hidden states and the fused head."""
         self.model.eval()
-        probs = torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        out = fused_head.predict(self.model, self.model, self.head, to_device(x, self.device))
         if self.sharded:
             self.model.reshard()  # the root stays gathered after a forward without backward; free it
-        return probs
+        return out
 
     def staleness(self, step: int) -> int:
         s = self.teachers.staleness(step)
