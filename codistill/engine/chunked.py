@@ -24,7 +24,7 @@ With a fused head z = h W^T + b, so dh = dz W, dW = dz^T h, db = sum dz, accumul
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -140,33 +140,38 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     ce = torch.zeros(y.shape[:lead], device=y.device)
     distill = torch.zeros_like(ce)
     T = spec.temperature
+    weight = head.weight.detach().float() if fused else None
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
-            z = chunk_logits(student, sl)
             w, yc = weights[..., sl], y[..., sl]
+            z = chunk_logits(student, sl)
             log_p = F.log_softmax(z, dim=-1)
             ce += -(log_p.gather(-1, yc.unsqueeze(-1)).squeeze(-1) * w).sum(-1)
-            dz = log_p.exp_()  # p, in place of log_p: w (p - onehot(y)) is the CE's gradient
-            dz.scatter_add_(-1, yc.unsqueeze(-1), torch.full_like(z[..., :1], -1.0))
-            del log_p
             if teachers:
-                d, g = _distill_chunk(z, [chunk_logits(t, sl) for t in teachers], T, spec)
+                T = spec.temperature
+                log_q = log_p if T == 1 or spec.psi != "kl" else F.log_softmax(z / T, dim=-1)
+                z = z if spec.psi == "logit_mse" else None  # kl no longer needs it: free it before the peers'
+                d, dz = _distill_chunk(z, log_p, log_q, (chunk_logits(t, sl) for t in teachers), len(teachers),
+                                       spec)
+                del log_q
                 distill += (d * w).sum(-1)
-                dz.add_(g, alpha=spec.alpha)
-                del g
+            else:
+                dz = log_p.exp_()  # p, in place of log_p
+            del z, log_p
+            dz.scatter_add_(-1, yc.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))  # the CE's p - onehot(y)
             dz.mul_(w.unsqueeze(-1))
             if not fused:
                 if grad_x is not None:
                     grad_x[..., sl, :] = dz
                 continue
-            h = hidden[..., sl, :].float()
             if grad_x is not None:
-                grad_x[..., sl, :] = dz @ head.weight.detach().float()
+                grad_x[..., sl, :] = dz @ weight
             if grad_w is not None:
-                grad_w += dz.transpose(-1, -2) @ h
+                grad_w += dz.transpose(-1, -2) @ hidden[..., sl, :].float()
             if grad_b is not None:
                 grad_b += dz.sum(-2)
+            del dz
     total = ce + spec.alpha * distill if teachers else ce
     inputs = [hidden] + ([head.weight] + ([head.bias] if head.bias is not None else []) if fused else [])
     grads = [grad_x] + ([grad_w] + ([grad_b] if head.bias is not None else []) if fused else [])
@@ -176,36 +181,55 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     return total, ce, distill
 
 
-def _distill_chunk(z: torch.Tensor, teachers: list[torch.Tensor], T: float,
-                   spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token psi [..., n] and its gradient with respect to the student's logits z [..., n, V] (unweighted)."""
-    k = len(teachers)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[..., v] b[..., v], as a batched matmul: no [..., n, V] temporary."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
+def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.Tensor,
+                   teachers: Iterator[torch.Tensor], k: int, spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token psi [..., n] against the k peers' chunk logits (made one at a time), and dz = p + alpha dpsi/dz
+    (unweighted; the caller subtracts onehot(y)). Consumes log_p and log_q (the student's log-softmax at T = 1 and
+    at T) in place; z, the student's logits, is needed by logit_mse only.
+
+    kl holds at most four [n, V] float32 buffers at once: log_p, log_q (T != 1), the peers' mean and one peer's
+    logits or probabilities (or a temporary).
+    """
+    T, alpha = spec.temperature, spec.alpha
     if spec.psi == "kl":
-        log_q = F.log_softmax(z / T if T != 1 else z, dim=-1)
-        mean_p = torch.zeros_like(z)
-        entropy_term = torch.zeros_like(z[..., 0])  # sum_v p log p, summed over the peers
+        mean_p: Optional[torch.Tensor] = None
+        entropy = torch.zeros_like(log_p[..., 0])  # sum_v p_j log p_j, summed over the peers (mean_kl)
         for t in teachers:
-            p = F.softmax(t / T if T != 1 else t, dim=-1)
-            if spec.aggregate == "mean_kl":
-                entropy_term += torch.xlogy(p, p).sum(-1)
-            mean_p += p
-            del p
-        mean_p /= k
+            t = t / T if T != 1 else t
+            if spec.aggregate == "mean_kl":  # sum_v p log p = p . t - logsumexp(t)
+                lse = torch.logsumexp(t, dim=-1, keepdim=True)
+                p = (t - lse).exp_()
+                entropy += _dot(p, t) - lse.squeeze(-1)
+            else:
+                p = F.softmax(t, dim=-1)
+            del t
+            mean_p = p if mean_p is None else mean_p.add_(p)
+        mean_p.div_(k)
         if spec.aggregate == "mean_probs":
-            entropy_term = torch.xlogy(mean_p, mean_p).sum(-1)
+            entropy = _dot(mean_p, torch.log(mean_p).nan_to_num_(neginf=0.0))
         else:
-            entropy_term /= k
-        per_token = (entropy_term - (mean_p * log_q).sum(-1)) * T**2
-        grad = log_q.exp_().sub_(mean_p).mul_(T)
-        return per_token, grad
+            entropy /= k
+        per_token = (entropy - _dot(mean_p, log_q)) * T**2
+        if T == 1:  # q = p: dz = p + alpha (p - mean_p)
+            dz = log_p.exp_().mul_(1 + alpha).sub_(mean_p, alpha=alpha)
+        else:  # dz = p + alpha T (q - mean_p)
+            dz = log_q.exp_().sub_(mean_p).mul_(alpha * T)
+            dz.add_(log_p.exp_())
+        return per_token, dz
     if spec.psi == "logit_mse":
-        mean_t = torch.zeros_like(z)
+        mean_t: Optional[torch.Tensor] = None
+        squares = torch.zeros_like(log_p[..., 0])  # sum_j 0.5 ||z - t_j||^2 (mean_kl)
         for t in teachers:
-            mean_t += t
-        mean_t /= k
-        if spec.aggregate == "mean_probs":
-            per_token = 0.5 * (z - mean_t).pow(2).sum(-1)
-        else:
-            per_token = sum(0.5 * (z - t).pow(2).sum(-1) for t in teachers) / k
-        return per_token, mean_t.neg_().add_(z)
+            if spec.aggregate == "mean_kl":
+                squares += 0.5 * (z - t).pow_(2).sum(-1)
+            mean_t = t.clone() if mean_t is None else mean_t.add_(t)
+            del t
+        diff = mean_t.div_(k).neg_().add_(z)  # z - mean_j t_j: the gradient of either aggregate
+        per_token = 0.5 * _dot(diff, diff) if spec.aggregate == "mean_probs" else squares / k
+        return per_token, log_p.exp_().add_(diff, alpha=alpha)
     raise ValueError(f"unknown psi {spec.psi!r}")
