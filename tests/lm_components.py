@@ -28,13 +28,13 @@ class Tokens(Dataset):
         return self.x[i], self.y[i]
 
 
-def tiny_llama(vocab: int, hidden: int = 16, layers: int = 1, heads: int = 2) -> nn.Module:
-    """transformers' LlamaForCausalLM from a tiny config, input and output embeddings tied."""
+def tiny_llama(vocab: int, hidden: int = 16, layers: int = 1, heads: int = 2, tie: bool = True) -> nn.Module:
+    """transformers' LlamaForCausalLM from a tiny config, input and output embeddings tied (unless `tie` is False)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=64,
-                         tie_word_embeddings=True)
+                         tie_word_embeddings=tie)
     return LlamaForCausalLM(config)
 
 

@@ -209,9 +209,10 @@ def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.
                 p = F.softmax(t, dim=-1)
             del t
             mean_p = p if mean_p is None else mean_p.add_(p)
-        mean_p.div_(k)
+        if k > 1:
+            mean_p.div_(k)
         if spec.aggregate == "mean_probs":
-            entropy = _dot(mean_p, torch.log(mean_p).nan_to_num_(neginf=0.0))
+            entropy = torch.xlogy(mean_p, mean_p).sum(-1)
         else:
             entropy /= k
         per_token = (entropy - _dot(mean_p, log_q)) * T**2

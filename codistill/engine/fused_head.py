@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Replicate
 
 from codistill.engine.chunked import Head, Prediction
 from codistill.engine.logits import as_logits
@@ -74,8 +76,48 @@ def resolve(model: nn.Module, setting: Optional[str], blocker: Optional[str] = N
 
 
 def head_of(model: nn.Module, name: str) -> Head:
+    """The layer's weight and bias; of a sharded model (FSDP2), gathered whole and graph-free (teacher copies,
+    evaluation: a training student's goes through GatheredHead)."""
     layer = model.get_submodule(name)
+    if isinstance(layer.weight, DTensor):
+        return Head(layer.weight.full_tensor(), None if layer.bias is None else layer.bias.full_tensor())
     return Head(layer.weight, layer.bias)
+
+
+class GatheredHead:
+    """A sharded (FSDP2) student's output layer, gathered once per step for the fused loss.
+
+    The full weight (and bias) is a leaf of its own: the chunked loss accumulates its gradient over the step's
+    micro-batches, and `finish` averages that over the group's replicas (as FSDP's reduce-scatter averages every
+    other gradient) and adds this rank's shard of it to the parameter's sharded gradient. Tied embeddings get the sum
+    of both uses, as unsharded.
+    """
+
+    def __init__(self, model: nn.Module, name: str, group: dist.ProcessGroup) -> None:
+        self.layer, self.group = model.get_submodule(name), group
+        self.full: list[torch.Tensor] = []
+
+    def get(self) -> Head:
+        if not self.full:
+            params = [self.layer.weight] + ([self.layer.bias] if self.layer.bias is not None else [])
+            self.full = [p.full_tensor().detach().requires_grad_() for p in params]
+        return Head(*self.full)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        params = [self.layer.weight] + ([self.layer.bias] if self.layer.bias is not None else [])
+        for param, full in zip(params, self.full):
+            if full.grad is None:
+                continue
+            dist.all_reduce(full.grad, group=self.group)
+            full.grad.div_(dist.get_world_size(self.group))
+            shard = DTensor.from_local(full.grad, param.device_mesh, [Replicate()]).redistribute(
+                param.device_mesh, param.placements)
+            if param.grad is None:
+                param.grad = shard
+            else:
+                param.grad.to_local().add_(shard.to_local())
+        self.full = []
 
 
 @contextlib.contextmanager
@@ -92,12 +134,15 @@ def headless(model: nn.Module, name: Optional[str]) -> Iterator[None]:
         del layer.forward
 
 
-def predict(forward: Callable[[Any], Any], model: nn.Module, name: Optional[str], x: Any) -> Prediction:
+def predict(forward: Callable[[Any], Any], model: nn.Module, name: Optional[str], x: Any,
+            head: Optional[Callable[[], Head]] = None) -> Prediction:
     """`forward(x)`'s prediction: hidden states and head when `model` has a fusable layer `name`, else logits.
 
     A teacher of another architecture (heterogeneous cohorts, a KD teacher) without that layer gives its logits.
+    `head`: where the layer's weights come from (default: the model's own, head_of).
     """
     if name is not None and layer_name(model, name)[0] == name:
         with headless(model, name):
-            return as_logits(forward(x)), head_of(model, name)
+            hidden = as_logits(forward(x))
+        return hidden, head() if head is not None else head_of(model, name)
     return as_logits(forward(x))

@@ -107,9 +107,9 @@ class GroupWorker:
         d = cfg.distill
         self.spec = LossSpec(d.alpha, d.temperature, d.psi, d.aggregate, cfg.loss.ignore_index)
         # the output layer run inside the chunked loss (None: the model's forward gives the logits)
-        blocker = "topology.strategy=fsdp shards the layer's weight" if self.sharded else None
-        self.head = fused_head.resolve(self.model, cfg.loss.output_layer, blocker,
-                                       report=group == min(topo.local_groups))
+        self.head = fused_head.resolve(self.model, cfg.loss.output_layer, report=group == min(topo.local_groups))
+        self.gathered_head = (fused_head.GatheredHead(self.model, self.head, topo.replica_pg)
+                              if self.sharded and self.head is not None else None)
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
@@ -132,6 +132,8 @@ class GroupWorker:
                         parts = self._loss(xm, ym, distilling, r)
                         self.precision.backward(parts.total * self.grad_scale)
                     parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
+        if self.gathered_head is not None:
+            self.gathered_head.finish()  # the fused head's gradient, averaged over replicas, into its shards
         clip = self.cfg.optim.grad_clip
         if clip is not None:
             self.precision.unscale(self.optimizer)
@@ -152,7 +154,8 @@ class GroupWorker:
         with self.precision.autocast():
             teachers = self.teachers.predict(x, self.head) if distilling else []
             with self.rng.use(replica):
-                student = fused_head.predict(self.module, self.model, self.head, x)
+                student = fused_head.predict(self.module, self.model, self.head, x,
+                                             self.gathered_head.get if self.gathered_head is not None else None)
         chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab_of(student))
         if self.head is None and not chunk and not any(isinstance(t, tuple) for t in teachers):
             s = self.spec
