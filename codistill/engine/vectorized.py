@@ -26,7 +26,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from codistill.engine.algorithm import LossParts, loss_from_logits
-from codistill.engine.chunked import chunk_size, chunked_loss
+from codistill.engine import fused_head
+from codistill.engine.chunked import Head, Prediction, chunk_size, chunked_loss, vocab_of
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.engine.optim import build_optimizer, build_schedule
@@ -48,8 +49,6 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
         return "fp16's GradScaler steps each group's optimizer on its own"
     if cfg.trainer.compile:
         return "trainer.compile compiles each group's module, not the stacked functional step"
-    if cfg.loss.output_layer is not None:
-        return "loss.output_layer fuses each group's own output layer into its loss"
     if cfg.distill.mode == "kd":
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
     if not cfg.distill.exchange.startswith("collective"):
@@ -108,6 +107,11 @@ class VectorizedGroups:
             w.optimizer, w.lr_schedule = self.optimizer, self.lr_schedule
         self._teacher_key: Optional[tuple] = None
         self._teachers: tuple[int, Params] = (0, {})
+        # a fused output layer (loss.output_layer): the names of its stacked weight and bias (tied: the embedding's)
+        self.head = self.workers[0].head
+        layer = self.base.get_submodule(self.head) if self.head is not None else None
+        by_tensor = {id(p): n for n, p in self.base.named_parameters()}
+        self.head_params = [by_tensor[id(t)] for t in (layer.weight, layer.bias) if t is not None] if layer else []
 
     def train_step(self, step: int) -> torch.Tensor:
         """One step of every group; returns [G, 4] rows as GroupWorker.train_step returns them, stacked."""
@@ -120,9 +124,9 @@ class VectorizedGroups:
             for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
-                    logits = self._forward(self.params, xm)
-                chunk = chunk_size(self.cfg.loss.chunk_tokens, logits.shape[-1])
-                if chunk:  # loss.chunk_tokens: the same loss, one chunk of tokens at a time
+                    logits = self._predict(self.params, xm)
+                chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab_of(logits))
+                if chunk or self.head is not None:  # the same loss, one chunk of tokens at a time
                     parts = LossParts(*chunked_loss(logits, teacher_logits, ym, w0.spec, chunk, groups=G))
                 else:
                     parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
@@ -139,10 +143,17 @@ class VectorizedGroups:
         return sums
 
     def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda p, xb: as_logits(functional_call(self.base, p, (xb,))))(params, x)
+        """The stacked groups' outputs: logits, or hidden states with a fused output layer."""
+        with fused_head.headless(self.base, self.head):
+            return vmap(lambda p, xb: as_logits(functional_call(self.base, p, (xb,))))(params, x)
+
+    def _predict(self, params: Params, x: torch.Tensor) -> Prediction:
+        if self.head is None:
+            return self._forward(params, x)
+        return self._forward(params, x), Head(*(params[n] for n in self.head_params))
 
     @torch.no_grad()
-    def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[torch.Tensor]:
+    def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[Prediction]:
         """All G x n teacher forwards in one vmap: the j-th teacher of every group, for every j."""
         n, params = teachers
         if n == 0:
@@ -151,7 +162,10 @@ class VectorizedGroups:
         per_teacher = {name: t.view(n, G, *t.shape[1:]) for name, t in params.items()}
         w0 = self.workers[0]
         with teacher_autocast(w0.teachers.pool.dtype, w0.device):
-            return list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers
+            out = list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers
+        if self.head is None:
+            return out
+        return [(h, Head(*(per_teacher[name][j] for name in self.head_params))) for j, h in enumerate(out)]
 
     def _teacher_stack(self) -> tuple[int, Params]:
         """n, and the copies stacked [n * G, ...]: row j * G + g is group g's j-th ready teacher copy (peers in

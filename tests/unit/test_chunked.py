@@ -94,3 +94,21 @@ def test_label_loss_only_and_backward_scale():
     close(total, ref.total)
     assert distill.item() == 0
     close(grad, ref_grad)
+
+
+def test_vectorised_fused_groups_equal_the_unchunked_loop(tmp_path) -> None:
+    """topology.vectorize with the MLP's last layer fused (stacked [G, V, H] head) == the plain per-group loop."""
+    from tests.helpers import make_trainer
+
+    base = ["topology.groups=3", "trainer.max_steps=6", "distill.burn_in_steps=1", "distill.exchange_every=2",
+            "distill.temperature=2", "distill.aggregate=mean_kl"]
+    states = {}
+    for name, extra in [("loop", ["loss.chunk_tokens=0"]),
+                        ("vec", ["topology.vectorize=true", "loss.chunk_tokens=10", "loss.output_layer=net.3"])]:
+        trainer = make_trainer([*base, *extra], tmp_path / name)
+        trainer.fit()
+        trainer.close()
+        assert (trainer.vectorized is not None) == (name == "vec")
+        states[name] = [w.model.state_dict() for w in trainer.workers.values()]
+    for a, b in zip(states["loop"], states["vec"]):
+        assert all((a[k] - b[k]).abs().max().item() < 1e-6 for k in a)
