@@ -24,13 +24,10 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from codistill.config import ConfigError
+from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
 
 log = logging.getLogger(__name__)
 
-
-class StartupError(RuntimeError):
-    """A start-up wait (process group, mesh, an agreement of the ranks) ran out of topology.timeout_s. One line."""
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}

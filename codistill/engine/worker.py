@@ -24,7 +24,7 @@ from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
 from codistill.engine.chunked import LossSpec, Prediction, chunk_size, chunked_loss, vocab_of
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.engine.kd import FixedTeacher
 from codistill.engine.optim import build_optimizer, build_schedule
 from codistill.components.rng import ReplicaRNG, derive_seed

@@ -35,15 +35,12 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from codistill.config import OUTER_MODES, ConfigError
+from codistill.config import OUTER_MODES
+from codistill.errors import ConfigError, StorageError  # noqa: F401  (StorageError re-exported)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-class StorageError(OSError):
-    """A checkpoint or snapshot could not be written (disk full, directory gone or unwritable)."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
