@@ -12,6 +12,11 @@ For each vocabulary V, tokens per step N (= B x L) and number of groups G, one s
     codistill, chunked         full logits, the loss over token chunks                (loss.chunk_tokens)
     codistill, fused           hidden states in; every head projected chunk by chunk  (+ loss.output_layer)
 
+--decoder times a whole training step instead (forward, loss, backward, SGD) of a small decoder: transformers'
+LlamaForCausalLM with tied embeddings, --layers layers of width --hidden, sequences of --seq tokens, G - 1 teacher
+copies; unchunked = the model's logits into loss_from_logits, chunked = the head fused (the engine's fused_head and
+chunked loss), for the student and every teacher copy.
+
 peak = VmHWM of the subprocess minus its VmHWM once the inputs (hidden states, heads, labels) exist: what the step
 adds. time = median CPU time of --repeats steps after one warm-up step. The forward-count bound of a codistill step
 is t(plain CE, chunked) + (G - 1) t(one peer's head projection of N tokens): the step cannot cost less than its
@@ -57,6 +62,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="timed steps per variant (after one warm-up step)")
     p.add_argument("--max-gb", type=float, default=8.0, help="skip variants whose estimated peak exceeds this")
     p.add_argument("--only", default="", help="comma-separated (V, N) pairs as VxN to run, e.g. 131072x8192")
+    p.add_argument("--decoder", action="store_true",
+                   help="a whole training step of a small decoder (LlamaForCausalLM, tied) instead of head + loss")
+    p.add_argument("--layers", type=int, default=2, help="the decoder's layers")
+    p.add_argument("--seq", type=int, default=256, help="the decoder's sequence length L (B = N / L)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one variant in a fresh process
     return p.parse_args(argv)
@@ -78,9 +87,57 @@ def estimate_gb(variant: str, V: int, N: int, G: int, chunk: int) -> float:
     return per_row * rows * V * 4 / GB + full
 
 
+def decoder_child(spec: dict) -> dict:
+    """One training step (forward, loss, backward, SGD) of a small decoder (transformers' LlamaForCausalLM, tied
+    embeddings) with G - 1 teacher copies, through the engine's fused-head and chunked-loss code."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from codistill.engine import fused_head
+
+    V, N, G, H, chunk, variant = spec["V"], spec["N"], spec["G"], spec["H"], spec["chunk"], spec["variant"]
+    config = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=2 * H, num_hidden_layers=spec["layers"],
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=spec["seq"],
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    models = [LlamaForCausalLM(config) for _ in range(G if variant.startswith("codistill") else 1)]
+    student, peers = models[0], models[1:]
+    for p in peers:
+        p.eval().requires_grad_(False)
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3)
+    x = torch.randint(V, (N // spec["seq"], spec["seq"]))
+    y = torch.randint(V, x.shape)
+    head = "lm_head" if variant.endswith(("fused", "chunked")) else None
+    spec_loss = LossSpec(1.0, 1.0, "kl", "mean_probs")
+
+    def step() -> None:
+        with torch.no_grad():
+            teachers = [fused_head.predict(p, p, head, x) for p in peers]
+        pred = fused_head.predict(student, student, head, x)
+        if head is not None:
+            loss = chunked_loss(pred, teachers, y, spec_loss, chunk)[0]
+        else:
+            loss = loss_from_logits(pred, teachers, y, 1.0, 1.0, "kl", "mean_probs").total
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            student(x)
+
+    base = hwm_kb()
+    times = [cpu_seconds(step) for _ in range(spec["repeats"] + 1)][1:]
+    out = {"peak_gb": (hwm_kb() - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
+    if variant == "plain_chunked":
+        out["teacher_fwd_s"] = statistics.median(cpu_seconds(teacher_forward) for _ in range(2))
+    return out
+
+
 def child(spec: dict) -> dict:
     """One variant's step in this fresh process: peak bytes above the inputs, median CPU seconds."""
     torch.set_num_threads(1)
+    if spec.get("decoder"):
+        return decoder_child(spec)
     V, N, G, H, chunk, variant = spec["V"], spec["N"], spec["G"], spec["H"], spec["chunk"], spec["variant"]
     g = torch.Generator().manual_seed(0)
     hidden = (torch.randn(N, H, generator=g) * 0.5).requires_grad_()
@@ -154,13 +211,17 @@ def main(argv: Sequence[str]) -> dict:
                     if est > a.max_gb:
                         row["results"][variant] = {"skipped": f"est. {est:.1f} GB > --max-gb"}
                         continue
+                    if a.decoder and variant == "codistill_chunked":
+                        continue  # a decoder's step either fuses its head or not: chunked logits are the head rows'
                     spec = {"V": V, "N": N, "G": G, "H": a.hidden, "chunk": a.chunk, "variant": variant,
-                            "repeats": a.repeats}
+                            "repeats": a.repeats, "decoder": a.decoder, "layers": a.layers, "seq": a.seq}
                     row["results"][variant] = run_child(spec)
                     print(f"V={V} N={N} G={G} {variant}: {row['results'][variant]}", file=sys.stderr, flush=True)
                 rows.append(row)
+    what = (f"Training step of a decoder (LlamaForCausalLM, {a.layers} layers, tied embeddings, L = {a.seq})"
+            if a.decoder else "Output layer + loss")
     res = {"command": " ".join(["scripts/bench.py --vocab", *argv]), "hidden": a.hidden, "chunk": a.chunk,
-           "rows": rows}
+           "what": what, "rows": rows}
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     print(markdown(res))
@@ -168,7 +229,7 @@ def main(argv: Sequence[str]) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Output layer + loss, hidden {res['hidden']}, float32, 1 thread, chunks of {res['chunk']} tokens; "
+    lines = [f"{res['what']}, hidden {res['hidden']}, float32, 1 thread, chunks of {res['chunk']} tokens; "
              "peak = GB above the inputs; time = CPU s per step",
              "", "| V | N | G | variant | peak GB | time s | peak / plain chunked | time / bound |",
              "|---|---|---|---|---|---|---|---|"]
@@ -177,6 +238,8 @@ def markdown(res: dict) -> str:
         ref = r.get("plain_chunked", {})
         bound = (ref["cpu_s"] + (row["G"] - 1) * ref["teacher_fwd_s"]) if "cpu_s" in ref else None
         for variant in VARIANTS:
+            if variant not in r:
+                continue
             v = r[variant]
             if "cpu_s" not in v:
                 lines.append(f"| {row['V']} | {row['N']} | {row['G']} | {LABELS[variant]} | "
