@@ -96,7 +96,8 @@ class _WithGradient(torch.autograd.Function):
     """Returns `value`; its backward hands each input the gradient computed in the forward, times the incoming one."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor, grads: tuple, *inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor, grads: tuple,  # type: ignore[override]
+                *inputs: torch.Tensor) -> torch.Tensor:
         ctx.grads = grads
         return value.clone()
 
@@ -152,8 +153,8 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
                 T = spec.temperature
                 log_q = log_p if T == 1 or spec.psi != "kl" else F.log_softmax(z / T, dim=-1)
                 z = z if spec.psi == "logit_mse" else None  # kl no longer needs it: free it before the peers'
-                d, dz = _distill_chunk(z, log_p, log_q, (chunk_logits(t, sl) for t in teachers), len(teachers),
-                                       spec)
+                peers = ((chunk_logits(t, sl), owns(t)) for t in teachers)
+                d, dz = _distill_chunk(z, log_p, log_q, peers, len(teachers), spec)
                 del log_q
                 distill += (d * w).sum(-1)
             else:
@@ -181,34 +182,51 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     return total, ce, distill
 
 
+def owns(pred: Prediction) -> bool:
+    """Whether chunk_logits(pred, ...) returns a new tensor (projected or converted), free to overwrite."""
+    return isinstance(pred, tuple) or pred.dtype != torch.float32
+
+
+def _softmax_(t: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dimension, in place (one chunk buffer fewer than F.softmax)."""
+    t.sub_(t.amax(-1, keepdim=True)).exp_()
+    return t.div_(t.sum(-1, keepdim=True))
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v a[..., v] b[..., v], as a batched matmul: no [..., n, V] temporary."""
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
-def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.Tensor,
-                   teachers: Iterator[torch.Tensor], k: int, spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token psi [..., n] against the k peers' chunk logits (made one at a time), and dz = p + alpha dpsi/dz
+Peers = Iterator[tuple[torch.Tensor, bool]]  # each peer's chunk logits, and whether they may be overwritten
+
+
+def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.Tensor, teachers: Peers, k: int,
+                   spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token psi [..., n] against the k peers' chunk logits (made one at a time, each with whether it may be
+    overwritten), and dz = p + alpha dpsi/dz
     (unweighted; the caller subtracts onehot(y)). Consumes log_p and log_q (the student's log-softmax at T = 1 and
     at T) in place; z, the student's logits, is needed by logit_mse only.
 
-    kl holds at most four [n, V] float32 buffers at once: log_p, log_q (T != 1), the peers' mean and one peer's
-    logits or probabilities (or a temporary).
+    kl with mean_probs holds three [n, V] float32 buffers at once (a fused head's peers are softmaxed in place):
+    log_p, the peers' mean and one peer's logits or probabilities; log_q adds one when T != 1.
     """
     T, alpha = spec.temperature, spec.alpha
     if spec.psi == "kl":
         mean_p: Optional[torch.Tensor] = None
         entropy = torch.zeros_like(log_p[..., 0])  # sum_v p_j log p_j, summed over the peers (mean_kl)
-        for t in teachers:
-            t = t / T if T != 1 else t
+        for t, owned in teachers:
+            if T != 1:
+                t, owned = (t.div_(T) if owned else t / T), True
             if spec.aggregate == "mean_kl":  # sum_v p log p = p . t - logsumexp(t)
                 lse = torch.logsumexp(t, dim=-1, keepdim=True)
                 p = (t - lse).exp_()
                 entropy += _dot(p, t) - lse.squeeze(-1)
             else:
-                p = F.softmax(t, dim=-1)
+                p = _softmax_(t) if owned else F.softmax(t, dim=-1)
             del t
             mean_p = p if mean_p is None else mean_p.add_(p)
+            del p  # before the next peer's logits exist
         if k > 1:
             mean_p.div_(k)
         if spec.aggregate == "mean_probs":
@@ -225,7 +243,7 @@ def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.
     if spec.psi == "logit_mse":
         mean_t: Optional[torch.Tensor] = None
         squares = torch.zeros_like(log_p[..., 0])  # sum_j 0.5 ||z - t_j||^2 (mean_kl)
-        for t in teachers:
+        for t, _ in teachers:
             if spec.aggregate == "mean_kl":
                 squares += 0.5 * (z - t).pow_(2).sum(-1)
             mean_t = t.clone() if mean_t is None else mean_t.add_(t)
