@@ -157,7 +157,7 @@ class GroupWorker:
                 student = fused_head.predict(self.module, self.model, self.head, x,
                                              self.gathered_head.get if self.gathered_head is not None else None)
         chunk = chunk_size(self.cfg.loss.chunk_tokens, vocab_of(student))
-        if self.head is None and not chunk and not any(isinstance(t, tuple) for t in teachers):
+        if self.head is None and not chunk:
             s = self.spec
             return loss_from_logits(student.float(), [t.float() for t in teachers], y, s.alpha, s.temperature,
                                     s.psi, s.aggregate, ignore_index=s.ignore_index)

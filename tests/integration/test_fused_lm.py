@@ -4,6 +4,7 @@ embeddings still tied; and the one logged line when a model's output layer canno
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -80,3 +81,9 @@ def test_fused_head_on_fsdp_groups_equals_simulated(tmp_path: Path) -> None:
     for g in (0, 1):
         assert max_abs_diff(load_final(tmp_path / "fsdp", g), load_final(tmp_path / "simulated", g)) < 1e-5
     assert "lm_head runs inside the chunked loss" in (tmp_path / "fsdp" / "logs" / "rank0.log").read_text()
+    # evaluation with sharded heads (gathered per batch) scores what the simulated run scores
+    records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if "ensemble/loss" in r][-1]
+    for key, value in trainer.final_eval[1].items():
+        if key.startswith(("ensemble", "churn")):
+            assert final[key] == pytest.approx(value, abs=1e-5), key
