@@ -150,7 +150,6 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
             log_p = F.log_softmax(z, dim=-1)
             ce += -(log_p.gather(-1, yc.unsqueeze(-1)).squeeze(-1) * w).sum(-1)
             if teachers:
-                T = spec.temperature
                 log_q = log_p if T == 1 or spec.psi != "kl" else F.log_softmax(z / T, dim=-1)
                 z = z if spec.psi == "logit_mse" else None  # kl no longer needs it: free it before the peers'
                 peers = ((chunk_logits(t, sl), owns(t)) for t in teachers)
