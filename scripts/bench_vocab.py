@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from codistill.engine.algorithm import loss_from_logits  # noqa: E402
-from codistill.engine.chunked import Head, LossSpec, chunked_loss  # noqa: E402
+from codistill.engine.algorithm import LossSpec, loss_from_logits  # noqa: E402
+from codistill.engine.chunked import Head, chunked_loss  # noqa: E402
 
 VARIANTS = ("plain_unchunked", "plain_chunked", "codistill_unchunked", "codistill_chunked", "codistill_fused")
 LABELS = {

@@ -24,7 +24,7 @@ With a fused head z = h W^T + b, so dh = dz W, dW = dz^T h, db = sum dz, accumul
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -51,17 +51,6 @@ class Head:
 
 # A prediction: logits [..., N, V], or (hidden states [..., N, H], the head that projects them).
 Prediction = Union[torch.Tensor, tuple[torch.Tensor, Head]]
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """The loss's knobs: the `distill` section's alpha/T/psi/aggregate and the `loss` section's ignore_index."""
-
-    alpha: float
-    temperature: float
-    psi: str
-    aggregate: str
-    ignore_index: Optional[int] = None
 
 
 def chunk_size(chunk_tokens: Optional[int], vocab: int) -> int:
@@ -111,11 +100,12 @@ class _WithGradient(torch.autograd.Function):
         return (None, None, *(scaled(g) for g in ctx.grads))
 
 
-def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tensor, spec: LossSpec, chunk: int,
+def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tensor, spec: Any, chunk: int,
                  groups: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ce, distill) of Algorithm 1, as loss_from_logits defines them, chunk by chunk.
 
-    `student`: its logits, or its hidden states and output layer (fused: the head's weight and bias get their
+    `spec`: the loss settings (codistill.engine.algorithm.LossSpec: alpha, temperature, psi, aggregate,
+    ignore_index). `student`: its logits, or its hidden states and output layer (fused: the head's weight and bias get their
     gradients through `total`). `teachers`: the peers' predictions (graph-free), each logits or hidden states with
     their head. `chunk`: tokens per chunk (0 = all at once). With `groups` > 0 every tensor has that leading
     dimension (the vectorised mode) and each part is a vector of the groups' losses.
@@ -201,7 +191,7 @@ Peers = Iterator[tuple[torch.Tensor, bool]]  # each peer's chunk logits, and whe
 
 
 def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.Tensor, teachers: Peers, k: int,
-                   spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
+                   spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token psi [..., n] against the k peers' chunk logits (made one at a time, each with whether it may be
     overwritten), and dz = p + alpha dpsi/dz
     (unweighted; the caller subtracts onehot(y)). Consumes log_p and log_q (the student's log-softmax at T = 1 and

@@ -132,13 +132,15 @@ def find_resume(resume: str, run_dir: Path) -> Optional[Path]:
     )
 
 
-def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
+def preflight(run_dir: Path, layout: Any, resume: str, strategy: str = "ddp", mode: str = "codistill"
+              ) -> Optional[Path]:
     """Before any process group: the output directory is writable and the checkpoint to resume from fits this run.
 
-    Checks the topology it was written by and the checksums of the files this process will load; returns its path.
+    `resume`, `strategy`, `mode`: trainer.resume, topology.strategy and distill.mode. Checks the topology it was
+    written by and the checksums of the files this process will load; returns its path.
     """
     check_writable(run_dir, "output directory (hydra.run.dir)")
-    path = find_resume(cfg.trainer.resume, run_dir)
+    path = find_resume(resume, run_dir)
     if path is None:
         return None
     try:
@@ -146,7 +148,7 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
         wrote, files = manifest["topology"], manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"resume checkpoint {path} is corrupt: unreadable {MANIFEST} ({e})") from None
-    strategy, wrote_strategy = cfg.topology.strategy, manifest.get("strategy", "ddp")
+    wrote_strategy = manifest.get("strategy", "ddp")
     if wrote_strategy != strategy:
         raise ConfigError(f"resume checkpoint {path} was written with topology.strategy={wrote_strategy}, this run uses "
                           f"{strategy}: resume with the same strategy or trainer.resume=never")
@@ -160,9 +162,9 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
     local_groups = layout.job_groups if layout.mode == "simulated" else [layout.group]
     same_ranks = wrote["replicas"] == layout.replicas  # else (fsdp, another R) the generators start afresh
     outer = f"outer-rank{layout.rank}.pt"
-    if cfg.distill.mode in OUTER_MODES and not same_ranks:
+    if mode in OUTER_MODES and not same_ranks:
         raise ConfigError(f"resume checkpoint {path} holds the outer state of {wrote['replicas']} replicas per group: "
-                          f"distill.mode={cfg.distill.mode} resumes with the same topology.replicas")
+                          f"distill.mode={mode} resumes with the same topology.replicas")
     per_rank = [f"rng-rank{layout.rank}.pt", *([outer] if outer in files else [])] if same_ranks else []
     for name in [*(f"group{g}.pt" for g in local_groups), *per_rank]:
         try:

@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from codistill.engine.algorithm import loss_from_logits
-from codistill.engine.chunked import Head, LossSpec, chunked_loss
+from codistill.engine.algorithm import LossSpec, loss_from_logits
+from codistill.engine.chunked import Head, chunked_loss
 
 B, L, H, V = 3, 7, 8, 11  # 21 tokens: chunks of 5 leave an uneven last chunk of 1
 CASES = list(itertools.product([2, 4], ["mean_probs", "mean_kl"], ["kl", "logit_mse"], [1.0, 2.5], [None, -100]))

@@ -58,7 +58,7 @@ def eval_peak(tmp_path: Path, examples: int) -> int:
                             "loss.output_layer=auto", "loss.chunk_tokens=64"], tmp_path / str(examples), LM)
     try:
         with LiveBytes() as counter:
-            sums = trainer._eval_sums()
+            sums = trainer.evaluator.sums()
         assert sums[0, 2].item() == examples * 16  # every position scored
         return counter.peak
     finally:
