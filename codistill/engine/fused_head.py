@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate
 
 from codistill.engine.chunked import Head, Prediction
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 
 log = logging.getLogger("codistill")
 
@@ -134,15 +134,15 @@ def headless(model: nn.Module, name: Optional[str]) -> Iterator[None]:
         del layer.forward
 
 
-def predict(forward: Callable[[Any], Any], model: nn.Module, name: Optional[str], x: Any,
+def predict(forward: nn.Module, model: nn.Module, name: Optional[str], x: Any,
             head: Optional[Callable[[], Head]] = None) -> Prediction:
-    """`forward(x)`'s prediction: hidden states and head when `model` has a fusable layer `name`, else logits.
+    """`forward`'s prediction on the batch inputs x (the model, wrapped or compiled): hidden states and head when `model` has a fusable layer `name`, else logits.
 
     A teacher of another architecture (heterogeneous cohorts, a KD teacher) without that layer gives its logits.
     `head`: where the layer's weights come from (default: the model's own, head_of).
     """
     if name is not None and layer_name(model, name)[0] == name:
         with headless(model, name):
-            hidden = as_logits(forward(x))
+            hidden = as_logits(call(forward, x))
         return hidden, head() if head is not None else head_of(model, name)
-    return as_logits(forward(x))
+    return as_logits(call(forward, x))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from typing import Any, ContextManager, Optional
 
 import torch
@@ -40,8 +41,12 @@ def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tens
     """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
     if n == 1:
         return [(x, y)]
+    if isinstance(x, Mapping) and all(isinstance(v, torch.Tensor) for v in x.values()):
+        parts = {k: v.chunk(n) for k, v in x.items()}  # a dict batch: every entry split along the batch
+        return [({k: v[i] for k, v in parts.items()}, ym) for i, ym in enumerate(y.chunk(n))]
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs; this dataset's inputs are {type(x).__name__}")
+        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs (or dicts of them); this dataset's inputs are "
+                          f"{type(x).__name__}")
     return list(zip(x.chunk(n), y.chunk(n)))
 
 

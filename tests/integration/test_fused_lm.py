@@ -59,7 +59,7 @@ def test_fused_llama_simulated_equals_torchrun_and_resumes_exactly(tmp_path: Pat
 def test_unfusable_output_layer_falls_back_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="codistill"):
         trainer = make_trainer(["topology.groups=2", "trainer.max_steps=2", "distill.burn_in_steps=1",
-                                "model._target_=tests.lm_components.CappedLM", "~model.layers", "~model.heads",
+                                "model._target_=tests.lm_components.CappedLM", "~model.config", "+model.vocab=64",
                                 "loss.output_layer=head", "loss.chunk_tokens=8"], tmp_path, LM)
         trainer.fit()
         trainer.close()
@@ -72,7 +72,7 @@ def test_unfusable_output_layer_falls_back_with_one_line(tmp_path: Path, caplog:
 def test_fused_head_on_fsdp_groups_equals_simulated(tmp_path: Path) -> None:
     """FSDP2 groups: the student's output layer is gathered once per step and its gradient averaged into the
     shards; teacher copies gather theirs. (Untied: tied embeddings are not exchanged under FSDP yet.)"""
-    args = [*ARGS, "trainer.max_steps=6", "+model.tie=false", "trainer.grad_accum=2"]
+    args = [*ARGS, "trainer.max_steps=6", "model.config.tie_word_embeddings=false", "trainer.grad_accum=2"]
     job = run_torchrun(4, [*args, "topology.strategy=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], base=LM)
     assert job.returncode == 0, job.stderr[-3000:]
     trainer = make_trainer([*args, "topology.replicas=2"], tmp_path / "simulated", LM)
