@@ -71,8 +71,8 @@ def test_unfusable_output_layer_falls_back_with_one_line(tmp_path: Path, caplog:
 @pytest.mark.torchrun
 def test_fused_head_on_fsdp_groups_equals_simulated(tmp_path: Path) -> None:
     """FSDP2 groups: the student's output layer is gathered once per step and its gradient averaged into the
-    shards; teacher copies gather theirs. (Untied: tied embeddings are not exchanged under FSDP yet.)"""
-    args = [*ARGS, "trainer.max_steps=6", "model.config.tie_word_embeddings=false", "trainer.grad_accum=2"]
+    shards (tied: added to the embedding's); teacher copies gather theirs."""
+    args = [*ARGS, "trainer.max_steps=6", "trainer.grad_accum=2"]
     job = run_torchrun(4, [*args, "topology.strategy=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], base=LM)
     assert job.returncode == 0, job.stderr[-3000:]
     trainer = make_trainer([*args, "topology.replicas=2"], tmp_path / "simulated", LM)
