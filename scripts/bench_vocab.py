@@ -17,8 +17,8 @@ LlamaForCausalLM with tied embeddings, --layers layers of width --hidden, sequen
 copies; unchunked = the model's logits into loss_from_logits, chunked = the head fused (the engine's fused_head and
 chunked loss), for the student and every teacher copy.
 
-peak = VmHWM of the subprocess minus its VmHWM once the inputs (hidden states, heads, labels) exist: what the step
-adds. time = median CPU time of --repeats steps after one warm-up step. The forward-count bound of a codistill step
+peak = VmHWM of the subprocess, reset once the inputs (hidden states, heads, labels; the decoder's models) exist,
+minus its RSS then: what the step adds. time = median CPU time of --repeats steps after one warm-up step. The forward-count bound of a codistill step
 is t(plain CE, chunked) + (G - 1) t(one peer's head projection of N tokens): the step cannot cost less than its
 forwards. A variant whose estimated peak exceeds --max-gb is not run (marked "skipped").
 """
@@ -71,11 +71,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def hwm_kb() -> int:
+def status_kb(field: str) -> int:
+    """VmHWM (peak) or VmRSS (now) of this process, in kB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def start_peak() -> int:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0: /proc/self/clear_refs = 5) and return it, so that the
+    step's peak is measured above what exists now, not above import's or model building's transients."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_kb("VmRSS")
 
 
 def estimate_gb(variant: str, V: int, N: int, G: int, chunk: int) -> float:
@@ -125,9 +133,9 @@ def decoder_child(spec: dict) -> dict:
         with torch.no_grad():
             student(x)
 
-    base = hwm_kb()
+    base = start_peak()
     times = [cpu_seconds(step) for _ in range(spec["repeats"] + 1)][1:]
-    out = {"peak_gb": (hwm_kb() - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
+    out = {"peak_gb": (status_kb("VmHWM") - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
     if variant == "plain_chunked":
         out["teacher_fwd_s"] = statistics.median(cpu_seconds(teacher_forward) for _ in range(2))
     return out
@@ -169,9 +177,9 @@ def child(spec: dict) -> dict:
             h, w = peers[0] if peers else (hidden.detach(), weight.detach())
             (h @ w.T).max()
 
-    base = hwm_kb()
+    base = start_peak()
     times = [cpu_seconds(step) for _ in range(spec["repeats"] + 1)][1:]
-    out = {"peak_gb": (hwm_kb() - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
+    out = {"peak_gb": (status_kb("VmHWM") - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
     if variant == "plain_chunked":
         out["teacher_fwd_s"] = statistics.median(cpu_seconds(teacher_forward) for _ in range(2))
     return out
