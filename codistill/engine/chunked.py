@@ -105,10 +105,10 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
     """(total, ce, distill) of Algorithm 1, as loss_from_logits defines them, chunk by chunk.
 
     `spec`: the loss settings (codistill.engine.algorithm.LossSpec: alpha, temperature, psi, aggregate,
-    ignore_index). `student`: its logits, or its hidden states and output layer (fused: the head's weight and bias get their
-    gradients through `total`). `teachers`: the peers' predictions (graph-free), each logits or hidden states with
-    their head. `chunk`: tokens per chunk (0 = all at once). With `groups` > 0 every tensor has that leading
-    dimension (the vectorised mode) and each part is a vector of the groups' losses.
+    ignore_index). `student`: its logits, or its hidden states and output layer (fused: the head's weight and bias
+    get their gradients through `total`). `teachers`: the peers' predictions (graph-free), each logits or hidden
+    states with their head. `chunk`: tokens per chunk (0 = all at once). With `groups` > 0 every tensor has that
+    leading dimension (the vectorised mode) and each part is a vector of the groups' losses.
     """
     lead = 1 if groups else 0
     student = flat_tokens(student, lead)

@@ -136,7 +136,8 @@ def headless(model: nn.Module, name: Optional[str]) -> Iterator[None]:
 
 def predict(forward: nn.Module, model: nn.Module, name: Optional[str], x: Any,
             head: Optional[Callable[[], Head]] = None) -> Prediction:
-    """`forward`'s prediction on the batch inputs x (the model, wrapped or compiled): hidden states and head when `model` has a fusable layer `name`, else logits.
+    """`forward`'s prediction on the batch inputs x (`model`, possibly wrapped or compiled): hidden states and head
+    when `model` has a fusable layer `name`, else logits.
 
     A teacher of another architecture (heterogeneous cohorts, a KD teacher) without that layer gives its logits.
     `head`: where the layer's weights come from (default: the model's own, head_of).
