@@ -114,7 +114,7 @@ def decoder_child(spec: dict) -> dict:
     opt = torch.optim.SGD(student.parameters(), lr=1e-3)
     x = torch.randint(V, (N // spec["seq"], spec["seq"]))
     y = torch.randint(V, x.shape)
-    head = "lm_head" if variant.endswith(("fused", "chunked")) else None
+    head = "lm_head" if variant in ("plain_chunked", "codistill_fused") else None
     spec_loss = LossSpec(1.0, 1.0, "kl", "mean_probs")
 
     def step() -> None:
