@@ -37,6 +37,7 @@ from codistill.components.data import DataFormatError
 from codistill.io.checkpoint import StorageError
 from codistill.config import ConfigError, installed, register_configs, validate
 from codistill.distributed.exchange import filesystem
+from codistill.requirements import torch_problem
 from codistill.distributed.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
 from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
@@ -84,6 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
     Preempted when a signal of trainer.preempt_signals stopped it early (after a checkpoint every rank agreed on).
     """
     try:
+        if problem := torch_problem():
+            raise ConfigError(problem)
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
         if components is None:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.distributed as dist
 
+from codistill import PARENT_PID_AT_START
 from codistill.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,14 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
 
 
-def die_with_launcher() -> None:
+def die_with_launcher(launcher: int = PARENT_PID_AT_START) -> None:
     """Ask the kernel to SIGKILL this worker when its torchrun agent dies (Linux only).
 
     torchrun starts each worker in a session of its own, so killing the agent (a scheduler's SIGKILL, an OOM kill)
     would otherwise leave the workers running as orphans: a "dead" group would keep training and publishing
-    snapshots. PR_SET_PDEATHSIG ties the worker's life to the agent's.
+    snapshots. PR_SET_PDEATHSIG ties the worker's life to the agent's. An agent that died before the request took
+    effect shows as a parent other than the one seen at start (the worker was re-parented to init or a
+    subreaper), not as a parent of PID 1: in a container or a Kubernetes pod torchrun itself is PID 1.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -50,10 +53,11 @@ def die_with_launcher() -> None:
 
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    launcher = os.getppid()
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
-    elif launcher == 1 or not _alive(launcher):  # the agent died before the request took effect
+    elif os.getppid() != launcher or not _alive(launcher):  # the agent died before the request took effect
+        print(f"codistill: error: the launcher of this worker (pid {launcher}) died before it started",
+              file=sys.stderr, flush=True)
         os._exit(1)
 
 
