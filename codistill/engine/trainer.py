@@ -37,7 +37,7 @@ from codistill.engine.kd import FixedTeacher, load_teacher
 from codistill.engine.logits import ModelOutputError, as_logits
 from codistill.io.loggers import open_sinks
 from codistill.engine.outer import OuterStep
-from codistill.engine.precision import TEACHER_DTYPES
+from codistill.engine.precision import TEACHER_DTYPES, bf16_cpu_warning
 from codistill.distributed.preemption import Preempted, StopFlag
 from codistill.io.reporting import format_progress
 from codistill.engine.teachers import TeacherPool
@@ -88,6 +88,9 @@ class Trainer:
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         d = cfg.distill
         kd = d.mode == "kd"
+        slow = bf16_cpu_warning(cfg.trainer.precision == "bf16" or d.teacher_dtype == "bfloat16", topo.device)
+        if slow and topo.is_main:
+            log.warning(slow)
         self.schedule = Schedule.from_config(d, topo.groups, cfg.trainer.max_steps)
 
         def build(group: int) -> torch.nn.Module:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codistill.engine.precision import bf16_cpu_warning, cpu_flags
 from codistill.engine.worker import micro_batches
 from tests.helpers import ANY_MODEL, make_trainer
 
@@ -132,3 +133,19 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
     assert trainer.topo.device.type == "cuda"
     per_group, _ = trainer.final_eval
     assert all(r["eval/acc"] > 0.2 for r in per_group)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    avx2 = ["fpu", "sse4_2", "avx", "avx2", "fma"]
+    line = bf16_cpu_warning(True, cpu, "AVX2", avx2)
+    assert line is not None and "capability AVX2" in line and "trainer.precision=fp32" in line
+    assert bf16_cpu_warning(True, cpu, "AVX512", [*avx2, "avx512f", "avx512_bf16"]) is None
+    assert bf16_cpu_warning(True, cpu, "AVX512", [*avx2, "avx512f", "amx_bf16"]) is None
+    assert bf16_cpu_warning(False, cpu, "AVX2", avx2) is None  # fp32 runs as fast as the CPU allows
+    assert bf16_cpu_warning(True, torch.device("meta"), "AVX2", avx2) is None  # not a CPU run
+    flags = cpu_flags()  # this machine: a trainer warns exactly when its CPU lacks the units
+    with caplog.at_level("WARNING", logger="codistill"):
+        make_trainer(["distill.teacher_dtype=bfloat16"], tmp_path).close()
+    warned = [r for r in caplog.records if "bf16 on this CPU" in r.getMessage()]
+    assert len(warned) == int(flags is not None and not flags & {"amx_bf16", "avx512_bf16"}), warned
