@@ -37,6 +37,7 @@ from codistill.components.data import DataFormatError
 from codistill.io.checkpoint import StorageError
 from codistill.config import ConfigError, installed, register_configs, validate
 from codistill.distributed.exchange import filesystem
+from codistill.distributed.failure import log_traceback
 from codistill.requirements import torch_problem
 from codistill.distributed.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
 from codistill.io.reporting import setup_logging
@@ -78,6 +79,18 @@ class RunError(RuntimeError):
     """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do."""
 
 
+KNOWN = (NonFiniteLossError, ConfigError, StorageError, StartupError, DataFormatError)
+
+
+def one_line(e: BaseException) -> str:
+    """What a failed run prints: the message of the errors that say what to do, else the error's type and first line."""
+    if isinstance(e, DataFormatError):  # a bad sample met mid-run (in this rank's batch only)
+        return DataFormatError.line(e)
+    if isinstance(e, KNOWN):
+        return str(e)
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+
 def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = None) -> dict | None:
     """Validate, build the components (from config unless given), start the topology, train, shut down.
 
@@ -117,18 +130,18 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
             clean = True
             preempted = trainer.preempted
             result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
-        except (NonFiniteLossError, ConfigError) as e:
-            clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
-            error = str(e)
-        except (StorageError, StartupError) as e:  # one process's disk failed, or a rank is gone: no barrier
-            error = str(e)
-        except DataFormatError as e:  # a bad sample met mid-run (in this rank's batch only)
-            error = DataFormatError.line(e)
+        except Exception as e:  # any rank, any phase: the job's first failure ends every rank with one line
+            if topo.failures is None and not isinstance(e, KNOWN):
+                raise  # simulated mode: an unexpected error keeps its traceback
+            log_traceback(e)
+            error = topo.fail(one_line(e), e)
         finally:
             if trainer is not None:
                 trainer.close()  # flushes the filesystem exchange's pending snapshot
             del trainer
             topo.shutdown(clean)
+            if error is not None:
+                topo.linger()
     if error is not None:
         raise RunError(error)
     if preempted is not None:

@@ -138,3 +138,24 @@ class TinyTransformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(self.ln(h).mean(1))
+
+
+class FailsOnRank(nn.Module):
+    """A linear model that raises on one torchrun rank: in training at a given step, or in evaluation (eval mode).
+
+    Stands for any error of one rank alone (a user's model, a bad sample, a local disk)."""
+
+    def __init__(self, features: int, classes: int, rank: int, when: str, step: int = 3) -> None:
+        super().__init__()
+        self.linear, self.rank, self.when, self.step, self.calls = nn.Linear(features, classes), rank, when, step, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        here = int(os.environ.get("RANK", "-1")) == self.rank
+        if self.training:
+            self.calls += 1
+        if here and ((self.when == "train" and self.training and self.calls > self.step)
+                     or (self.when == "eval" and not self.training and self.calls > 1)):
+            raise RuntimeError(f"injected failure in {self.when}")
+        return self.linear(x.flatten(1))

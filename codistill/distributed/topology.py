@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from codistill import PARENT_PID_AT_START
 from codistill.config import ConfigError
+from codistill.distributed.failure import FailureBoard, board
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class Topology:
     device: torch.device
     mesh: Optional[Any] = None
     _owns_process_group: bool = field(default=False, repr=False)
+    failures: Optional[FailureBoard] = field(default=None, repr=False)  # None in simulated mode
 
     @classmethod
     def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0) -> "Topology":
@@ -236,12 +238,13 @@ class Topology:
             shape = (len(layout.job_groups), layout.replicas)  # (1, R) when this job runs one group of a separate-jobs run
             mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("group", "replica"),
                                     backend_override={"group": (backend, options), "replica": (backend, options)})
+            store = store or dist.distributed_c10d._get_default_store()  # outlives the process groups
         except (RuntimeError, dist.DistError) as e:  # DistStoreError, gloo's connect errors, a timed-out wait
             if dist.is_initialized():
                 dist.destroy_process_group()
             raise StartupError(f"the {layout.world_size} ranks did not all start within topology.timeout_s={timeout_s:g} "
                                f"(rank {layout.rank}: {_first_line(e)}): a rank failed or never arrived") from None
-        return cls(layout, dev, mesh, _owns_process_group=True)
+        return cls(layout, dev, mesh, _owns_process_group=True, failures=board(store, layout, timeout_s))
 
     # --- what this process runs -------------------------------------------------------------------------------
     @property
@@ -321,6 +324,21 @@ class Topology:
     def barrier(self) -> None:
         if self.mesh is not None:
             dist.barrier()
+
+    def fail(self, line: str, error: BaseException) -> str:
+        """This rank failed: record it (unless a peer failed first) and tear the process groups down at once, so
+        peers waiting for this rank fail now rather than after topology.timeout_s. Returns the line to print: the
+        job's first failure, naming its rank."""
+        if self.failures is None:
+            return line
+        first = self.failures.first_failure(line, error)
+        self.shutdown(clean=False)
+        return first
+
+    def linger(self) -> None:
+        """After a failure, global rank 0 (the store's host) waits until every rank has read the record."""
+        if self.failures is not None and self.is_main:
+            self.failures.wait_for_readers()
 
     def shutdown(self, clean: bool = True) -> None:
         """Tear the process groups down in an order that cannot abort the process.

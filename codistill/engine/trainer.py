@@ -162,6 +162,7 @@ class Trainer:
             self.data.labels.check(y, "data.train")
             if isinstance(targets, torch.Tensor):  # labels known up front (in-memory datasets): check them all now
                 self.data.labels.check(targets if self.data.subset is None else targets[self.data.subset], "data.train")
+            self.data.check_held_out(self._eval_examples(), self.topo.replicas)
         except DataFormatError as e:
             raise ConfigError(str(e)) from None
         return num_classes
