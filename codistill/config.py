@@ -143,6 +143,9 @@ class TrainerConfig:
     checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
     checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)
     resume: str = "auto"  # auto: newest complete checkpoint of the run dir, if any | never | <checkpoint path>
+    # keys a resume may change although they fix the trajectory (seed, trainer.batch_size, distill.burn_in_steps, ...;
+    # codistill/io/trajectory.py): a resume that changes any other is refused with one line
+    resume_allow_changes: list[str] = field(default_factory=list)
     # fp32 (exact reference) | bf16 (autocast; this CPU's AMX, GPUs' tensor cores) | fp16 (autocast + GradScaler, CUDA)
     precision: str = "fp32"
     # Micro-batches per replica per optimizer step: each replica's share of trainer.batch_size is split in N (DDP

@@ -92,6 +92,7 @@ class Trainer:
         if slow and topo.is_main:
             log.warning(slow)
         self.schedule = Schedule.from_config(d, topo.groups, cfg.trainer.max_steps)
+        self.config_dict["distill"]["burn_in_steps"] = self.schedule.burn_in_steps  # saved resolved (a resume keeps it)
 
         def build(group: int) -> torch.nn.Module:
             return components.models[group]()

@@ -36,6 +36,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from codistill.config import OUTER_MODES, ConfigError
+from codistill.io import trajectory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,15 @@ def _atomic(path: Path, write: Any) -> None:
             # torch.save's zip writer, closing after a failed write, replaces ENOSPC/EIO by "unexpected pos ..."
             raise e.__context__ from None
         raise
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """A file's sha256, read in 1 MiB chunks: a multi-GB checkpoint is never held in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load(path: Path) -> dict:
@@ -169,11 +179,13 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
     per_rank = [f"rng-rank{layout.rank}.pt", *([outer] if outer in files else [])] if same_ranks else []
     for name in [*(f"group{g}.pt" for g in local_groups), *per_rank]:
         try:
-            ok = hashlib.sha256((path / name).read_bytes()).hexdigest() == files[name]
+            ok = file_sha256(path / name) == files[name]
         except (OSError, KeyError) as e:
             raise ConfigError(f"resume checkpoint {path} is incomplete: {name} is missing ({e})") from None
         if not ok:
             raise ConfigError(f"resume checkpoint {path} is corrupt: {name} does not match its checksum")
+    trajectory.adopt_burn_in(cfg, manifest.get("trajectory"))  # a longer run keeps the burn-in it started with
+    trajectory.check(cfg, manifest.get("trajectory"), path)  # seed, batch, schedule, data, model: as written
     return path
 
 
@@ -241,9 +253,9 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
         agree_written(topo, folder, error)
         if topo.is_main:
             try:
-                files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
+                files = {p.name: file_sha256(p) for p in sorted(folder.glob("*.pt"))}
                 manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
-                            "strategy": config["topology"]["strategy"]}
+                            "strategy": config["topology"]["strategy"], "trajectory": trajectory.record(config)}
                 atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
             except OSError as e:
                 error = e
