@@ -24,13 +24,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
 
+from codistill.engine import weighting
 from codistill.engine.algorithm import loss_from_logits
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.engine.optim import build_optimizer, build_schedule
 from codistill.distributed.topology import Topology
-from codistill.engine.worker import GroupWorker
+from codistill.engine.worker import GroupWorker, split_batch
 
 log = logging.getLogger("codistill")
 
@@ -111,19 +113,25 @@ class VectorizedGroups:
         w0, d, G = self.workers[0], self.cfg.distill, len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
         sums = torch.zeros(G, 4, device=w0.device)
+        ignore = self.cfg.loss.ignore_index
+        stacked = {}
         for r in w0.replicas:
             batches = [w._batch(step, r) for w in self.workers]
-            x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+            stacked[r] = tree_map(lambda *t: torch.stack(t), *[b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        total = None if ignore is None else weighting.step_total([y for _, y in stacked.values()], ignore, groups=G)
+        for r in w0.replicas:
+            x, y = stacked[r]
+            for xm, ym in zip(split_batch(x, w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+                share = weighting.weight(ym, ignore, total, 1.0 / (len(w0.replicas) * w0.accum), groups=G)
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
                     logits = self._forward(self.params, xm)
                 parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
                                          d.temperature, d.psi, d.aggregate, groups=G,
                                          ignore_index=self.cfg.loss.ignore_index)
-                (parts.total.sum() * w0.grad_scale).backward()
-                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
-                    len(w0.replicas) * w0.accum)
+                (parts.total * share).sum().backward()
+                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) * (
+                    share[:, None] if isinstance(share, torch.Tensor) else share)
         if self.cfg.optim.grad_clip is not None:
             sums[:, 3] = clip_stacked(list(self.params.values()), self.cfg.optim.grad_clip)
         self.optimizer.step()

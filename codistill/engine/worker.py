@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from codistill.engine import weighting
 from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
@@ -48,12 +49,25 @@ def shard_teacher(model: nn.Module, cfg: Any, topo: Topology, group: int) -> nn.
 
 
 def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tensor]]:
-    """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
+    """A replica's batch as n equal micro-batches (trainer.grad_accum), in order: tensors, or dicts, tuples and
+    lists of them (Hugging Face style inputs), split along their first (batch) dimension."""
     if n == 1:
         return [(x, y)]
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs; this dataset's inputs are {type(x).__name__}")
-    return list(zip(x.chunk(n), y.chunk(n)))
+    return list(zip(split_batch(x, n), y.chunk(n)))
+
+
+def split_batch(x: Any, n: int, dim: int = 0) -> list[Any]:
+    """`x` in n chunks along `dim` (the batch's; 1 for the vectorised mode's stacked groups)."""
+    if isinstance(x, torch.Tensor):
+        return list(x.chunk(n, dim))
+    if isinstance(x, Mapping):
+        parts = {k: split_batch(v, n, dim) for k, v in x.items()}
+        return [{k: parts[k][i] for k in x} for i in range(n)]
+    if isinstance(x, (tuple, list)):
+        columns = [split_batch(v, n, dim) for v in x]
+        return [type(x)(c[i] for c in columns) for i in range(n)]
+    raise ConfigError(f"trainer.grad_accum={n} splits tensors (and dicts, tuples, lists of them) along the batch; "
+                      f"this dataset's inputs hold a {type(x).__name__}")
 
 
 class GroupWorker:
@@ -92,8 +106,9 @@ class GroupWorker:
             self.module = torch.compile(self.module)  # checkpoints and evaluation keep using the plain self.model
         self.precision = Precision(tr.precision, self.device)
         self.accum = tr.grad_accum
-        # DDP already averages over ranks; simulated mode averages its R replicas here; both over the micro-batches
-        self.grad_scale = 1.0 / (len(self.replicas) * self.accum)
+        # A micro-batch's loss is scaled by its share of the group's step (codistill/engine/weighting.py) times R /
+        # (replicas in this process): DDP (and FSDP) divide the sum over the R ranks by R; simulated mode sums here.
+        self.replica_factor = topo.replicas / len(self.replicas)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         peers = [p for p in range(topo.groups) if p != group] if schedule.enabled else []
@@ -115,15 +130,19 @@ class GroupWorker:
         self.module.train()
         distilling = self.schedule.distilling(step)
         parts_sum = torch.zeros(4, device=self.device)
-        share = 1.0 / (self.topo.replicas * self.accum)
+        batches = {r: self._batch(step, r) for r in self.replicas}
+        ignore = self.cfg.loss.ignore_index
+        total = None if ignore is None else weighting.step_total(
+            [y for _, y in batches.values()], ignore, None if self.topo.simulated else self.topo.replica_pg)
         with self._ddp_buffer_semantics() as before_replica:
             for r in self.replicas:
                 before_replica(r)
-                x, y = self._batch(step, r)
+                x, y = batches[r]
                 for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
+                    share = weighting.weight(ym, ignore, total, 1.0 / (self.topo.replicas * self.accum))
                     with self._grad_sync(last=i == self.accum - 1):
                         parts = self._loss(xm, ym, distilling, r)
-                        self.precision.backward(parts.total * self.grad_scale)
+                        self.precision.backward(parts.total * share * self.replica_factor)
                     parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
         clip = self.cfg.optim.grad_clip
         if clip is not None:
