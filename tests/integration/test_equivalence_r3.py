@@ -25,5 +25,6 @@ def test_three_replicas_padded_accumulated_simulated_equals_torchrun(tmp_path: P
     sim = run_cli([*ARGS, "topology.replicas=3", f"hydra.run.dir={sim_dir}"], base=ANY_MODEL)
     assert sim.returncode == 0, sim.stderr[-3000:]
     diffs = [max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) for g in (0, 1)]
+    print(f"largest difference per group: {diffs}")  # docs/concepts.md quotes it (pytest -s)
     assert max(diffs) < 1e-5, diffs
     assert max_abs_diff(load_final(dist_dir, 0), load_final(dist_dir, 1)) > 1e-3  # the groups differ
