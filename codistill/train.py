@@ -38,6 +38,7 @@ from codistill.io.checkpoint import StorageError
 from codistill.config import ConfigError, installed, register_configs, validate
 from codistill.distributed.exchange import filesystem
 from codistill.distributed.failure import log_traceback
+from codistill.distributed.local_work import LocalWorkTimeout
 from codistill.requirements import torch_problem
 from codistill.distributed.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
 from codistill.io.reporting import setup_logging
@@ -76,10 +77,16 @@ def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F82
 
 
 class RunError(RuntimeError):
-    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do."""
+    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do.
+
+    `printed`: the line is already on stderr (a failed torchrun rank prints it before it may be signalled)."""
+
+    def __init__(self, message: str, printed: bool = False) -> None:
+        super().__init__(message)
+        self.printed = printed
 
 
-KNOWN = (NonFiniteLossError, ConfigError, StorageError, StartupError, DataFormatError)
+KNOWN = (NonFiniteLossError, ConfigError, StorageError, StartupError, DataFormatError, LocalWorkTimeout)
 
 
 def one_line(e: BaseException) -> str:
@@ -119,7 +126,7 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
     with StopFlag(parse_signals(cfg.trainer.preempt_signals)) as stop_flag:
         try:
-            topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
+            topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s, cfg.topology.io_bandwidth_mb_s)
         except StartupError as e:
             raise RunError(str(e)) from None
         trainer, clean, error = None, False, None
@@ -140,10 +147,14 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
                 trainer.close()  # flushes the filesystem exchange's pending snapshot
             del trainer
             topo.shutdown(clean)
-            if error is not None:
+            if error is not None and topo.failures is not None:
+                # print while SIGTERM is still caught: the agent signals the other ranks once one has exited, and
+                # every rank must get its line out; the store's host (rank 0) waits for every rank's line
+                print(f"codistill: error: {error}", file=sys.stderr, flush=True)
+                topo.failures.acknowledge()
                 topo.linger()
     if error is not None:
-        raise RunError(error)
+        raise RunError(error, printed=topo.failures is not None)
     if preempted is not None:
         raise preempted
     if topo.is_main and cfg.logger.plots:
@@ -157,6 +168,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     try:
         return train(cfg, run_dir)
     except RunError as e:
+        if e.printed:
+            sys.exit(2)
         fail(str(e))
     except Preempted as e:
         print(f"codistill: preempted: {e}", file=sys.stderr, flush=True)

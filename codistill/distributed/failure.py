@@ -5,7 +5,7 @@ and tears its process groups down at once: peers waiting for it in a collective 
 of after topology.timeout_s, find the record and print it too, so every rank names the rank that failed first and
 why. Peers busy with other work meet the torn-down groups at their next collective (at the latest the next stop
 check), or the torchrun agent stops them. The store lives in global rank 0's process: rank 0 waits, at most
-topology.timeout_s, until every rank has read the record before it exits.
+topology.timeout_s, until every rank has printed the record before it exits.
 """
 
 from __future__ import annotations
@@ -55,13 +55,19 @@ class FailureBoard:
         mine = f"{line} [first reported by rank {self.rank} ({self.where}) while {phase_of(error)}]"
         try:
             first = self.store.compare_set(FAILURE, "", mine)
-            self.store.add(READ, 1)
         except Exception:  # noqa: BLE001  the store went with its host (rank 0): this rank's own line
             return mine
         return first.decode() if isinstance(first, bytes) else str(first)
 
+    def acknowledge(self) -> None:
+        """This rank has printed the line: the store's host need not wait for it any longer."""
+        try:
+            self.store.add(READ, 1)
+        except Exception:  # noqa: BLE001  the host is gone: nobody waits
+            pass
+
     def wait_for_readers(self) -> None:
-        """On the store's host: keep the store up until every rank has read the record, or timeout_s."""
+        """On the store's host: keep the store up until every rank has printed the record, or timeout_s."""
         deadline = time.monotonic() + self.timeout_s
         try:
             while self.store.add(READ, 0) < self.world_size and time.monotonic() < deadline:

@@ -11,6 +11,7 @@ process groups at all. Everything is validated from the environment before any p
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Mapping, Optional
+from typing import Any, ContextManager, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from codistill import PARENT_PID_AT_START
 from codistill.config import ConfigError
 from codistill.distributed.failure import FailureBoard, board
+from codistill.distributed.local_work import local_work
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +210,16 @@ class Topology:
     mesh: Optional[Any] = None
     _owns_process_group: bool = field(default=False, repr=False)
     failures: Optional[FailureBoard] = field(default=None, repr=False)  # None in simulated mode
+    timeout_s: float = 60.0  # topology.timeout_s: the bound of every collective
+    io_bandwidth_mb_s: float = 50.0  # topology.io_bandwidth_mb_s: rank-local work may take timeout_s + bytes / this
+    _work_seq: int = field(default=0, repr=False)
 
     @classmethod
-    def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0) -> "Topology":
+    def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0, io_bandwidth_mb_s: float = 50.0
+              ) -> "Topology":
         dev = pick_device(device, layout.local_rank)
         if layout.mode == "simulated":
-            return cls(layout, dev)
+            return cls(layout, dev, timeout_s=timeout_s, io_bandwidth_mb_s=io_bandwidth_mb_s)
         die_with_launcher()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
@@ -244,7 +250,8 @@ class Topology:
                 dist.destroy_process_group()
             raise StartupError(f"the {layout.world_size} ranks did not all start within topology.timeout_s={timeout_s:g} "
                                f"(rank {layout.rank}: {_first_line(e)}): a rank failed or never arrived") from None
-        return cls(layout, dev, mesh, _owns_process_group=True, failures=board(store, layout, timeout_s))
+        return cls(layout, dev, mesh, _owns_process_group=True, failures=board(store, layout, timeout_s),
+                   timeout_s=timeout_s, io_bandwidth_mb_s=io_bandwidth_mb_s)
 
     # --- what this process runs -------------------------------------------------------------------------------
     @property
@@ -325,6 +332,20 @@ class Topology:
         if self.mesh is not None:
             dist.barrier()
 
+    def io_budget(self, nbytes: int) -> float:
+        """Seconds rank-local work on `nbytes` may take: topology.timeout_s + nbytes / topology.io_bandwidth_mb_s."""
+        return self.timeout_s + nbytes / (self.io_bandwidth_mb_s * 1e6)
+
+    def local_work(self, what: str, nbytes: int) -> ContextManager[None]:
+        """Wrap this rank's part of rank-local work that every rank of the job reaches before a collective: the
+        ranks then wait for each other through the store, within io_budget of the bytes all of them announced
+        (codistill/distributed/local_work.py), not inside the collective. Nothing to wait for in simulated mode."""
+        if self.failures is None:
+            return contextlib.nullcontext()
+        self._work_seq += 1
+        return local_work(self.failures.store, f"codistill/work/{self._work_seq}", self.layout.world_size, nbytes,
+                          self.timeout_s, self.io_bandwidth_mb_s, what)
+
     def fail(self, line: str, error: BaseException) -> str:
         """This rank failed: record it (unless a peer failed first) and tear the process groups down at once, so
         peers waiting for this rank fail now rather than after topology.timeout_s. Returns the line to print: the
@@ -353,6 +374,8 @@ class Topology:
             if clean:
                 dist.barrier()
             self.mesh = None
+            if clean:  # no failure to report: the store (and its threads) can go with the process groups
+                self.failures = None
             dist.destroy_process_group()
             self._owns_process_group = False
             gc.collect()  # join the backend's threads now, not during interpreter shutdown

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.utils._pytree import tree_leaves
 
 from codistill.config import OUTER_MODES, ConfigError
 from codistill.io import trajectory
@@ -82,6 +83,11 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested container (about what torch.save of it writes)."""
+    return sum(t.numel() * t.element_size() for t in tree_leaves(obj) if isinstance(t, torch.Tensor))
 
 
 def load(path: Path) -> dict:
@@ -237,28 +243,34 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
     for g, w in workers.items():
         w.sync_buffers()
     error: Optional[OSError] = None
-    try:
-        for g, w in workers.items():
-            if w.sharded:
-                w.save_sharded(folder / f"group{g}")
-            if topo.is_group_leader(g):
-                state = w.sharded_record() if w.sharded else w.state_dict()
-                atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
-        atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
-        if outer is not None:
-            atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
-    except OSError as e:
-        error = e
+    # a budget for the writes (topology.io_bandwidth_mb_s): the model, up to twice its size of optimizer state and
+    # the G - 1 teacher copies, per group this process writes
+    nbytes = sum(tensor_bytes(w.model.state_dict()) for g, w in workers.items() if topo.is_group_leader(g))
+    with topo.local_work(f"writing checkpoint {folder}", nbytes * (2 + topo.groups)):
+        try:
+            for g, w in workers.items():
+                if w.sharded:
+                    w.save_sharded(folder / f"group{g}")
+                if topo.is_group_leader(g):
+                    state = w.sharded_record() if w.sharded else w.state_dict()
+                    atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
+            atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
+            if outer is not None:
+                atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
+        except OSError as e:
+            error = e
     try:
         agree_written(topo, folder, error)
-        if topo.is_main:
-            try:
-                files = {p.name: file_sha256(p) for p in sorted(folder.glob("*.pt"))}
-                manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
-                            "strategy": config["topology"]["strategy"], "trajectory": trajectory.record(config)}
-                atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
-            except OSError as e:
-                error = e
+        files = sorted(folder.glob("*.pt")) if topo.is_main else []
+        with topo.local_work(f"hashing checkpoint {folder}", sum(p.stat().st_size for p in files)):
+            if topo.is_main:
+                try:
+                    manifest = {"step": step, "topology": _layout_topology(topo.layout),
+                                "files": {p.name: file_sha256(p) for p in files}, "time": time.time(),
+                                "strategy": config["topology"]["strategy"], "trajectory": trajectory.record(config)}
+                    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+                except OSError as e:
+                    error = e
         agree_written(topo, folder / MANIFEST, error)
     except StorageError:
         if topo.is_main:  # every rank is past its writes: nothing of this step is left to be mistaken for a checkpoint
