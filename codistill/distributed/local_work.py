@@ -45,7 +45,7 @@ def local_work(store: Any, key: str, ranks: int, nbytes: int, timeout_s: float, 
         budget = timeout_s + announced / (bandwidth_mb_s * 1e6)
         if time.monotonic() - start > budget:
             raise LocalWorkTimeout(
-                f"the ranks did not finish {what} ({announced} bytes) within {budget:.0f} s (topology.timeout_s="
+                f"the ranks did not finish {what} ({announced} bytes) within {budget:.1f} s (topology.timeout_s="
                 f"{timeout_s:g} + bytes / topology.io_bandwidth_mb_s={bandwidth_mb_s:g}): a rank is stuck, or its "
                 "disk is slower than that (lower topology.io_bandwidth_mb_s)")
         time.sleep(_POLL_S)
