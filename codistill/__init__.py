@@ -5,12 +5,9 @@ parameters, and after a burn-in each group distils from its stale copies of the 
 runs it in one process (simulated workers) or under torchrun.
 """
 
-import os
-
 __version__ = "0.1.0"
-# The parent this process had when it started (a worker's torchrun agent), read before torch is imported: a later
-# getppid() that differs means the agent died and the worker was re-parented (codistill/distributed/topology.py).
-PARENT_PID_AT_START = os.getppid()
+
+from codistill import runtime  # noqa: E402,F401  first: it records the parent this process started under
 
 from codistill import _legacy_paths
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from codistill.components import cohort
 from codistill.components.registry import Components, data_from_config, training_data
 from codistill.compose import compose_config
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.components.instantiate import OBJECT_KEY
 from codistill.train import RunError, train
 

@@ -8,17 +8,16 @@ express (ranges, names, divisibility) and raises `ConfigError` with one line tha
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from hydra.core.config_store import ConfigStore
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; its message is one line that says what to do."""
+from codistill.errors import ConfigError  # noqa: F401  (re-exported: `from codistill.config import ConfigError`)
 
 
 @dataclass
@@ -229,6 +228,18 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
+    """trainer.preempt_signals as signals; a name that is not a catchable signal is a one-line ConfigError."""
+    out = []
+    for name in names:
+        sig = getattr(signal.Signals, str(name).upper(), None)
+        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise ConfigError(f"trainer.preempt_signals: {name!r} is not a signal a process can catch "
+                              "(use names such as SIGTERM, SIGUSR1)")
+        out.append(sig)
+    return out
+
+
 def validate(cfg: Any, replicas: int) -> None:
     """Check every value a type cannot; raise ConfigError naming the key and the fix.
 
@@ -315,8 +326,6 @@ def validate(cfg: Any, replicas: int) -> None:
         _check(Path(dist.teacher_checkpoint).is_file(), f"distill.teacher_checkpoint={dist.teacher_checkpoint} does not exist")
     _check(tr.checkpoint_every >= 0, f"trainer.checkpoint_every={tr.checkpoint_every} must be >= 0")
     _check(tr.stop_check_every >= 1, f"trainer.stop_check_every={tr.stop_check_every} must be >= 1")
-    from codistill.distributed.preemption import parse_signals  # here: it imports ConfigError from this module
-
     parse_signals(tr.preempt_signals)
     _check(tr.checkpoint_keep >= 1, f"trainer.checkpoint_keep={tr.checkpoint_keep} must be >= 1")
     _check(

@@ -28,23 +28,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from codistill.components import cohort
-
-from codistill.distributed import sharding
-
-from codistill.io import checkpoint
 from codistill.components.registry import Components, from_config
-from codistill.components.data import DataFormatError
-from codistill.io.checkpoint import StorageError
-from codistill.config import ConfigError, installed, register_configs, validate
+from codistill.config import installed, register_configs, validate
+from codistill.distributed import sharding
 from codistill.distributed.exchange import filesystem
 from codistill.distributed.failure import log_traceback
-from codistill.distributed.local_work import LocalWorkTimeout
-from codistill.requirements import torch_problem
-from codistill.distributed.preemption import EXIT_PREEMPTED, Preempted, StopFlag, parse_signals
+from codistill.distributed.preemption import EXIT_PREEMPTED, StopFlag, parse_signals
+from codistill.distributed.topology import Topology, launched_by_torchrun, resolve_layout
+from codistill.engine.trainer import Trainer
+from codistill.errors import (  # noqa: F401  (RunError re-exported: `from codistill.train import RunError`)
+    ConfigError, DataFormatError, LocalWorkTimeout, NonFiniteLossError, Preempted, RunError, StartupError, StorageError,
+)
+from codistill.io import checkpoint
+from codistill.runtime import torch_problem
 from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
-from codistill.distributed.topology import StartupError, Topology, launched_by_torchrun, resolve_layout
-from codistill.engine.trainer import NonFiniteLossError, Trainer
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,16 +72,6 @@ def output_subdir() -> str | None:
 def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
     print(f"codistill: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
-
-
-class RunError(RuntimeError):
-    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do.
-
-    `printed`: the line is already on stderr (a failed torchrun rank prints it before it may be signalled)."""
-
-    def __init__(self, message: str, printed: bool = False) -> None:
-        super().__init__(message)
-        self.printed = printed
 
 
 KNOWN = (NonFiniteLossError, ConfigError, StorageError, StartupError, DataFormatError, LocalWorkTimeout)

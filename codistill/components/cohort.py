@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from codistill.components import instantiate
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -57,14 +57,6 @@ def where(cfg: Any, group: int) -> str:
 def factories(cfg: Any) -> list[Callable[[], torch.nn.Module]]:
     """A builder of every group's model, checked (import path, arguments) without building anything."""
     return [instantiate.factory(m, where(cfg, g)) for g, m in enumerate(group_models(cfg))]
-
-
-def state_sizes(build: Callable[[int], torch.nn.Module], groups: int) -> list[int]:
-    """Length of every group's flattened state (what an exchange moves), from models built on the meta device."""
-    from codistill.engine.teachers import StateFlattener
-
-    with torch.device("meta"):
-        return [StateFlattener(build(g)).numel for g in range(groups)]
 
 
 def validate(cfg: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 
 
 OBJECT_KEY = "_python_object_"  # marks a component that codistill.fit received as an object, not an import path

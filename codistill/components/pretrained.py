@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from codistill.components import cohort, instantiate
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 
 
 def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:

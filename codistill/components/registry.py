@@ -12,7 +12,7 @@ from typing import Any, Callable
 from torch import nn
 
 from codistill.components import cohort, instantiate
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.components.data.pipeline import DataFormatError, LoaderOptions, TrainingData, TrainSetOptions
 
 ModelFactory = Callable[[], nn.Module]

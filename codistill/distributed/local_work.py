@@ -16,16 +16,9 @@ import time
 from typing import Any, Iterator
 
 from codistill.distributed.failure import FAILURE
+from codistill.errors import LocalWorkTimeout, PeerFailed
 
 _POLL_S = 0.02
-
-
-class LocalWorkTimeout(RuntimeError):
-    """Some rank did not finish its rank-local work within the budget its bytes allow. One line."""
-
-
-class PeerFailed(RuntimeError):
-    """Another rank recorded a failure while this one waited for it (the first failure names it)."""
 
 
 @contextlib.contextmanager

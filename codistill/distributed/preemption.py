@@ -15,33 +15,13 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any, Optional, Sequence
 
-from codistill.config import ConfigError
+from codistill.config import parse_signals  # noqa: F401  (re-exported: it checks trainer.preempt_signals)
+from codistill.errors import Preempted  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 # Exit code of a process that stopped for a signal after writing its checkpoint (2 is a failed run, 0 a finished one)
 EXIT_PREEMPTED = 3
-
-
-class Preempted(Exception):
-    """The run stopped early for a preemption signal; `checkpoint` resumes it (`trainer.resume=auto`)."""
-
-    def __init__(self, step: int, checkpoint: Any, signal_name: str) -> None:
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint {checkpoint}: run the same command "
-                         "again (trainer.resume=auto) to continue")
-        self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
-
-
-def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
-    """trainer.preempt_signals as signals; a name that is not a catchable signal is a one-line ConfigError."""
-    out = []
-    for name in names:
-        sig = getattr(signal.Signals, str(name).upper(), None)
-        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
-            raise ConfigError(f"trainer.preempt_signals: {name!r} is not a signal a process can catch "
-                              "(use names such as SIGTERM, SIGUSR1)")
-        out.append(sig)
-    return out
 
 
 class StopFlag:

@@ -25,16 +25,13 @@ from typing import Any, ContextManager, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from codistill import PARENT_PID_AT_START
-from codistill.config import ConfigError
 from codistill.distributed.failure import FailureBoard, board
 from codistill.distributed.local_work import local_work
+from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
+from codistill.runtime import PARENT_PID_AT_START
 
 log = logging.getLogger(__name__)
 
-
-class StartupError(RuntimeError):
-    """A start-up wait (process group, mesh, an agreement of the ranks) ran out of topology.timeout_s. One line."""
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}

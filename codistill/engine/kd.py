@@ -30,6 +30,9 @@ class FixedTeacher:
     def staleness(self, step: int) -> Optional[int]:
         return None  # a fixed teacher has no age
 
+    def layouts(self) -> dict[int, list]:
+        return {}  # nothing is exchanged
+
 
 def load_teacher(cfg: Any, device: torch.device) -> FixedTeacher:
     """The teacher of `distill.teacher_checkpoint` (architecture from the checkpoint or distill.teacher_model)."""

@@ -11,9 +11,7 @@ from typing import Any
 
 import torch
 
-
-class ModelOutputError(TypeError):
-    """A model returned something that holds no logits tensor."""
+from codistill.errors import ModelOutputError
 
 
 def as_logits(output: Any) -> torch.Tensor:

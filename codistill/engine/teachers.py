@@ -90,6 +90,10 @@ class TeacherCopies:
         self.flattener = {p: pool.flattener[p] for p in peers}
         self.source_step: dict[int, Optional[int]] = {p: None for p in peers}
 
+    def layouts(self) -> dict[int, list]:
+        """The flattened layout (StateFlattener.entries) of every copy: what an exchange must deliver for each peer."""
+        return {p: f.entries for p, f in self.flattener.items()}
+
     def load(self, peer: int, flat: torch.Tensor, step: int) -> None:
         self.pool.load(peer, flat, step)
         self.source_step[peer] = step
@@ -120,3 +124,9 @@ class TeacherCopies:
         """Steps since the oldest copy was taken (None before the first exchange)."""
         ages = [step - s for s in self.source_step.values() if s is not None]
         return max(ages) if ages else None
+
+
+def state_sizes(build: Callable[[int], nn.Module], groups: int) -> list[int]:
+    """Length of every group's flattened state (what an exchange moves), from models built on the meta device."""
+    with torch.device("meta"):
+        return [StateFlattener(build(g)).numel for g in range(groups)]

@@ -21,34 +21,28 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.components import cohort
-
-from codistill.distributed import sharding
-
-from codistill.engine import vectorized
-
-from codistill.io import checkpoint, metrics
-from codistill.engine.algorithm import Schedule
+from codistill.components.data.pipeline import Labels, to_device
 from codistill.components.registry import Components
-from codistill.config import ConfigError
-from codistill.components.data.pipeline import DataFormatError, Labels, to_device
+from codistill.distributed import sharding
 from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange, Snapshot
+from codistill.distributed.exchange import filesystem
+from codistill.distributed.exchange.base import StateLayout
+from codistill.distributed.preemption import StopFlag
+from codistill.distributed.topology import Topology
+from codistill.engine import teachers, vectorized
+from codistill.engine.algorithm import Schedule
 from codistill.engine.kd import FixedTeacher, load_teacher
-from codistill.engine.logits import ModelOutputError, as_logits
-from codistill.io.loggers import open_sinks
+from codistill.engine.logits import as_logits
 from codistill.engine.outer import OuterStep
 from codistill.engine.precision import TEACHER_DTYPES, bf16_cpu_warning
-from codistill.distributed.preemption import Preempted, StopFlag
-from codistill.io.reporting import format_progress
 from codistill.engine.teachers import TeacherPool
-from codistill.distributed.topology import Topology
 from codistill.engine.worker import GroupWorker, shard_teacher
+from codistill.errors import ConfigError, DataFormatError, ModelOutputError, NonFiniteLossError, Preempted
+from codistill.io import checkpoint, metrics
+from codistill.io.loggers import open_sinks
+from codistill.io.reporting import format_progress
 
 log = logging.getLogger("codistill")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @torch.no_grad()
@@ -103,7 +97,7 @@ class Trainer:
                 state_sizes = [sharding.local_state_size(build(g), topo.replicas, topo.layout.replica)
                                for g in range(topo.groups)]
         else:
-            state_sizes = cohort.state_sizes(build, topo.groups)
+            state_sizes = teachers.state_sizes(build, topo.groups)
         teacher = load_teacher(cfg, topo.device) if kd else None  # loaded once, never exchanged
         pool = TeacherPool(build, topo.device, TEACHER_DTYPES[d.teacher_dtype], cfg.trainer.compile,
                            shard=(lambda m, g: shard_teacher(m, cfg, topo, g)) if self.sharded else None)
@@ -131,7 +125,9 @@ class Trainer:
         shard_pg = topo.replica_pg if d.shard_exchange else None  # exchange 1/R per replica across groups
         self.exchange: Exchange
         if d.exchange == "filesystem":
-            self.exchange = FilesystemExchange.for_run(cfg, topo, run_dir, self.workers, state_sizes, self.start_step)
+            root, run_id = filesystem.prepare(cfg, run_dir)
+            self.exchange = FilesystemExchange.for_run(root, run_id, d.exchange_keep, topo,
+                                                       self._state_layout(state_sizes), self.start_step)
         else:
             self.exchange = LocalExchange() if topo.simulated else CollectiveExchange(topo.group_pg, state_sizes, shard_pg)
         self.metrics = open_sinks(cfg, topo, run_dir, self.config_dict)  # metrics.jsonl, progress bar, wandb
@@ -140,6 +136,15 @@ class Trainer:
         self._clock = (time.perf_counter(), self.start_step)
         self.final_eval: Optional[tuple[list[dict], dict]] = None
         self._eval_batches: Optional[torch.utils.data.DataLoader] = None
+
+    def _state_layout(self, sizes: list[int]) -> StateLayout:
+        """What the transport needs of the local groups' states and their teacher copies (not the workers)."""
+        entries = {}
+        for g, w in self.workers.items():
+            entries[g] = w.flattener.entries
+            entries.update(w.teachers.layouts())
+        first = next(iter(self.workers.values()))
+        return StateLayout(entries, tuple(sizes), first.flattener.dtype, self.sharded)
 
     def _check_models(self, teacher: Optional[FixedTeacher]) -> int:
         """Run every local student (and a KD teacher) on two training examples: each must return logits

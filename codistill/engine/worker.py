@@ -23,7 +23,7 @@ from codistill.engine import weighting
 from codistill.engine.algorithm import LossParts, Schedule, loss_from_logits
 from codistill.components.data import GroupStream
 from codistill.components.data.pipeline import TrainingData, to_device
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.engine.kd import FixedTeacher
 from codistill.engine.logits import as_logits
 from codistill.engine.optim import build_optimizer, build_schedule

@@ -36,16 +36,13 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.utils._pytree import tree_leaves
 
-from codistill.config import OUTER_MODES, ConfigError
+from codistill.config import OUTER_MODES
+from codistill.errors import ConfigError, StorageError  # noqa: F401  (StorageError re-exported)
 from codistill.io import trajectory
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-class StorageError(OSError):
-    """A checkpoint or snapshot could not be written (disk full, directory gone or unwritable)."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:

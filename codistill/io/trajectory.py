@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 
 BURN_IN = "distill.burn_in_steps"
 # Keys no allowance can change: their state does not load into the other layout.

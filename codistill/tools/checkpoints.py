@@ -17,7 +17,7 @@ from torch import nn
 from codistill.components import cohort, instantiate
 
 from codistill.io import checkpoint
-from codistill.config import ConfigError
+from codistill.errors import ConfigError
 from codistill.components.data.base import IndexedDataset
 from codistill.components.data.pipeline import DataFormatError, fetch, validation_indices
 from codistill.engine.logits import as_logits

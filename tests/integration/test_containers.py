@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from codistill.requirements import torch_floor, torch_problem
+from codistill.runtime import torch_floor, torch_problem
 from tests.helpers import FAST, REPO, clean_env
 
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]
@@ -46,9 +46,10 @@ def test_a_worker_whose_launcher_died_before_it_started_exits(tmp_path: Path) ->
     with one line instead of training on as an orphan."""
     ready, log = tmp_path / "ready", tmp_path / "worker.log"
     worker = textwrap.dedent(f"""
-        import os, time, codistill
+        import os, time
+        from codistill.runtime import PARENT_PID_AT_START
         open({str(ready)!r}, "w").close()
-        while os.getppid() == codistill.PARENT_PID_AT_START:  # until the launcher has died
+        while os.getppid() == PARENT_PID_AT_START:  # until the launcher has died
             time.sleep(0.05)
         from codistill.distributed.topology import die_with_launcher
         die_with_launcher()
@@ -77,7 +78,7 @@ def test_the_image_and_the_checks_read_one_torch_floor() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     base = re.search(r"^ARG BASE=pytorch/pytorch:([0-9.]+)-", dockerfile, re.M)
     assert base and torch_problem(base.group(1)) is None, (base, floor)
-    assert dockerfile.index("python -m codistill.requirements") < dockerfile.index("pip install")
+    assert dockerfile.index("python -m codistill.runtime") < dockerfile.index("pip install")
     assert torch_problem("2.5.1+cu124") == (f"codistill needs torch>={floor}, this environment has torch 2.5.1+cu124: "
                                             f"pip install 'torch>={floor}' (or build on an image that has it)")
     assert torch_problem(f"{floor}.0") is None and torch_problem() is None  # the floor itself, and this machine's

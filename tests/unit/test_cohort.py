@@ -9,6 +9,7 @@ import torch
 
 from codistill.components import cohort
 from codistill.config import ConfigError, validate
+from codistill.engine.teachers import state_sizes
 from tests.helpers import ANY_MODEL, make_config, make_trainer
 
 
@@ -38,7 +39,7 @@ def test_heterogeneous_cohort_trains_each_groups_model(tmp_path: Path) -> None:
     w0, w1 = trainer.workers[0], trainer.workers[1]
     assert _widths(w0.model) == [30, 30, 10] and _widths(w1.model) == [16, 10]
     assert _widths(w0.teachers.models[1]) == [16, 10] and _widths(w1.teachers.models[0]) == [30, 30, 10]
-    sizes = cohort.state_sizes(lambda g: trainer.workers[g].model, 2)
+    sizes = state_sizes(lambda g: trainer.workers[g].model, 2)
     assert sizes == [w0.flattener.numel, w1.flattener.numel] and sizes[0] != sizes[1]
     trainer.fit()
     trainer.close()

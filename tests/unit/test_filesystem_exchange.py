@@ -83,7 +83,8 @@ def test_old_snapshots_are_pruned_and_a_restart_drops_its_future(tmp_path: Path)
     # A job that restarts at step 2 removes its snapshot of step 3: no peer may read a state it will not reach.
     from codistill.distributed.exchange.filesystem import FilesystemExchange
 
-    FilesystemExchange.for_run(a.cfg, a.topo, a.run_dir, a.workers, [a.workers[0].flattener.numel] * 2, 2).close()
+    ex = a.exchange
+    FilesystemExchange(ex.root, ex.run_id, ex.topo, ex.signatures, ex.sizes, keep=2, start_step=2).close()
     assert snapshot_steps(folder) == [2]
 
 

@@ -8,9 +8,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-
-class DataMissingError(FileNotFoundError):
-    """A dataset's files are absent; the message names the command that installs them."""
+from codistill.errors import DataMissingError  # noqa: F401  (re-exported)
 
 
 class Batch(tuple):

@@ -29,16 +29,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from codistill.components.data.base import Batch, IndexedDataset
 from codistill.components.data.streams import GroupStream
 from codistill.components.rng import derive_seed
-
-
-class DataFormatError(ValueError):
-    """Samples that are not (input, target) pairs, or labels outside [0, C): one line that says what came."""
-
-    @staticmethod
-    def line(e: Exception) -> str:
-        """The one-line message, also of an error a DataLoader worker raised (re-raised with its traceback)."""
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        return last.split("DataFormatError: ", 1)[-1]
+from codistill.errors import DataFormatError
 
 
 Collate = Callable[[list[Any]], Any]

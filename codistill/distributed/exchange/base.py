@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import torch
 
@@ -15,6 +15,23 @@ class Snapshot:
     group: int
     step: int
     flat: torch.Tensor
+
+
+Entries = tuple[tuple[str, tuple[int, ...], int], ...]  # (name, shape, numel) of each tensor, in flattening order
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What a transport knows of the states it moves (no model, no worker): their flattened layout and dtype.
+
+    `entries[g]`: the layout of every group this process publishes or reads (this replica's local shards with
+    `sharded`, topology.strategy=fsdp); `sizes[g]`: the flat length of every group's state on this rank.
+    """
+
+    entries: Mapping[int, Entries]
+    sizes: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    sharded: bool = False
 
 
 class Exchange(Protocol):

@@ -45,18 +45,13 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from codistill.io.checkpoint import StorageError, atomic_write
-from codistill.config import ConfigError
-from codistill.distributed.exchange.base import Snapshot
-from codistill.engine.teachers import TeacherCopies
+from codistill.errors import ConfigError, ExchangeWriteError
+from codistill.io.checkpoint import atomic_write
+from codistill.distributed.exchange.base import Entries, Snapshot, StateLayout
 
 log = logging.getLogger(__name__)
 
 _MANIFEST = re.compile(r"step(\d{9})((?:\.shard\d+of\d+)?)\.json$")
-
-
-class ExchangeWriteError(StorageError):
-    """Publishing a snapshot failed (disk full, directory gone or unwritable)."""
 
 
 def exchange_root(cfg: Any, run_dir: Path) -> Path:
@@ -85,8 +80,8 @@ def run_identity(cfg: Any) -> str:
     return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def architecture_signature(entries: list[tuple[str, torch.Size, int]]) -> str:
-    """Names and shapes of a flattened state (StateFlattener.entries): differs with architecture or class count."""
+def architecture_signature(entries: Entries) -> str:
+    """Names and shapes of a flattened state (StateLayout.entries): differs with architecture or class count."""
     return hashlib.sha256(repr([(n, tuple(s)) for n, s, _ in entries]).encode()).hexdigest()[:16]
 
 
@@ -292,19 +287,12 @@ class FilesystemExchange:
         self.writer = _Writer(root, run_id, keep, self.tag)
 
     @classmethod
-    def for_run(
-        cls, cfg: Any, topo: Any, run_dir: Path, workers: dict[int, Any], sizes: list[int], start_step: int
-    ) -> "FilesystemExchange":
-        """The exchange of a Trainer: its directory claimed for this run, every known group's architecture."""
-        signatures = {}
-        for g, w in workers.items():
-            signatures[g] = architecture_signature(w.flattener.entries)
-            if isinstance(w.teachers, TeacherCopies):
-                signatures.update({p: architecture_signature(f.entries) for p, f in w.teachers.flattener.items()})
-        root, run_id = prepare(cfg, run_dir)
-        w = next(iter(workers.values()))
-        return cls(root, run_id, topo, signatures, dict(enumerate(sizes)), cfg.distill.exchange_keep, start_step,
-                   w.flattener.dtype, w.sharded)
+    def for_run(cls, root: Path, run_id: str, keep: int, topo: Any, states: StateLayout, start_step: int
+                ) -> "FilesystemExchange":
+        """The exchange of a run whose directory `prepare` claimed, for the groups `states` describes."""
+        signatures = {g: architecture_signature(e) for g, e in states.entries.items()}
+        return cls(root, run_id, topo, signatures, dict(enumerate(states.sizes)), keep, start_step, states.dtype,
+                   states.sharded)
 
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         written = 0

@@ -1,18 +1,25 @@
-"""The oldest torch the code runs on, stated once (pyproject.toml's `torch>=` dependency) and checked at start.
+"""Facts of the running process, taken at start: the parent it started under, and whether its torch is recent enough.
+
+PARENT_PID_AT_START is read when codistill is first imported, before torch: a worker whose getppid() later differs
+was re-parented, so its torchrun agent died (codistill/distributed/topology.py, die_with_launcher).
+
+The oldest torch the code runs on is stated once (pyproject.toml's `torch>=` dependency) and checked at start.
 
 Why that version: `init_device_mesh(..., backend_override=...)` (the mesh's sub-groups get topology.timeout_s) is in
 torch 2.9; `torch.distributed.fsdp.fully_shard` and `torch.nn.utils.get_total_norm` in 2.6. An older torch fails
 with one line here instead of an ImportError or a TypeError deep in the start-up. Imports nothing but torch (lazily),
-so a container build can run `python -m codistill.requirements` before installing anything.
+so a container build can run `python -m codistill.runtime` before installing anything.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import sys
 from pathlib import Path
 
+PARENT_PID_AT_START = os.getppid()
 _FLOOR = re.compile(r"""["']?torch\s*>=\s*([0-9][0-9.]*)""")
 
 
