@@ -83,7 +83,10 @@ def one_line(e: BaseException) -> str:
         return DataFormatError.line(e)
     if isinstance(e, KNOWN):
         return str(e)
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, dist.DistError) or any(word in first for word in ("gloo", "NCCL", "Connection closed")):
+        return f"a collective failed: a peer rank died or stopped answering ({first[:200]})"
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = None) -> dict | None:
