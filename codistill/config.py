@@ -1,7 +1,9 @@
-"""Typed configuration: the single source of every option and its default.
+"""Typed configuration: every option, its type and its default.
 
 The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/config.yaml`, so a misspelt key or a
-value of the wrong type fails when the config is composed. `validate` then checks the values that types cannot
+value of the wrong type fails when the config is composed. conf/config.yaml sets no value of its own beyond these
+defaults; the option groups it composes (model/, data/, distill/, optim/, topology/, logger/, experiment/) set their
+own values on top, each documented in its file. `validate` then checks the values that types cannot
 express (ranges, names, divisibility) and raises `ConfigError` with one line that says what to change.
 """
 
@@ -137,10 +139,10 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000  # optimizer steps of every group
+    max_steps: int = 2000  # optimizer steps of every group
     batch_size: int = 128  # global batch of ONE group; each replica gets batch_size / R
-    eval_every: int = 200  # 0 = only at the end
-    log_every: int = 50  # steps between records in metrics.jsonl (and console lines)
+    eval_every: int = 500  # 0 = only at the end
+    log_every: int = 100  # steps between records in metrics.jsonl (and console lines)
     deterministic: bool = True  # torch.use_deterministic_algorithms; needed for bit-exact resume
     checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
     checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)

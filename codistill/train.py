@@ -27,19 +27,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from codistill.components import cohort
-from codistill.components.registry import Components, from_config
+from codistill.build import build_trainer, components_from_config, exchange_directory, validate_components
+from codistill.components.registry import Components
 from codistill.config import installed, register_configs, validate
 from codistill.distributed import sharding
 from codistill.distributed.exchange import filesystem
 from codistill.distributed.failure import log_traceback
 from codistill.distributed.preemption import EXIT_PREEMPTED, StopFlag, parse_signals
 from codistill.distributed.topology import Topology, launched_by_torchrun, resolve_layout
-from codistill.engine.trainer import Trainer
 from codistill.errors import (  # noqa: F401  (RunError re-exported: `from codistill.train import RunError`)
     ConfigError, DataFormatError, LocalWorkTimeout, NonFiniteLossError, Preempted, RunError, StartupError, StorageError,
 )
-from codistill.io import checkpoint
+from codistill.io import checkpoint, trajectory
 from codistill.runtime import torch_problem
 from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
@@ -101,17 +100,22 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
         if components is None:
-            cohort.validate(cfg)
-            components = from_config(cfg)
+            validate_components(cfg)
+            components = components_from_config(cfg)
         if dist.is_available() and dist.is_initialized():
             raise ConfigError(
                 "a process group is already initialised in this process: every run needs a fresh process "
                 "(under torchrun, launch one torchrun per sweep point)"
             )
         sharding.block_classes(cfg.topology.fsdp_blocks)  # topology.fsdp_blocks import (matched to modules later)
-        checkpoint.preflight(cfg, run_dir, layout)  # output dir writable; the resume checkpoint fits this run
+        # output dir writable; the resume checkpoint fits this run
+        resume = checkpoint.preflight(run_dir, layout, cfg.trainer.resume, cfg.topology.strategy, cfg.distill.mode)
+        if resume is not None:  # it keeps its burn-in and refuses drift (seed, batch, schedule, data, model)
+            recorded = trajectory.written(resume, checkpoint.MANIFEST)
+            trajectory.adopt_burn_in(cfg.distill, recorded)
+            trajectory.check(OmegaConf.to_container(cfg, resolve=True), cfg.trainer.resume_allow_changes, recorded, resume)
         if cfg.distill.exchange == "filesystem":
-            filesystem.prepare(cfg, run_dir)  # exchange dir writable and not another run's
+            filesystem.claim(*exchange_directory(cfg, run_dir))  # exchange dir writable and not another run's
     except ConfigError as e:
         raise RunError(str(e)) from None
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
@@ -123,7 +127,7 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
         trainer, clean, error = None, False, None
         try:
             topo.check_agree(str(run_dir.resolve()), "run directory")
-            trainer = Trainer(cfg, topo, run_dir, components, stop_flag)
+            trainer = build_trainer(cfg, topo, run_dir, components, stop_flag)
             trainer.fit()
             clean = True
             preempted = trainer.preempted

@@ -80,7 +80,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from codistill import cohort  # noqa: E402
-from codistill.components.registry import Components, from_config, training_data  # noqa: E402
+from codistill.components.registry import Components, training_data  # noqa: E402
 from codistill.compose import compose_config  # noqa: E402
 from codistill.config import validate  # noqa: E402
 from codistill.components.data.pipeline import TrainingData, fetch  # noqa: E402
@@ -88,6 +88,7 @@ from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
 from codistill.engine.optim import build_optimizer  # noqa: E402
 from codistill.engine.precision import PRECISIONS  # noqa: E402
 from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
+from codistill.build import build_trainer, cohort_of, components_from_config  # noqa: E402
 from codistill.engine.trainer import Trainer  # noqa: E402
 from codistill.engine.worker import GroupWorker  # noqa: E402
 
@@ -152,8 +153,8 @@ def build(topo: Topology, overrides: list[str], run_dir: Path, data: Optional[Da
     """A Trainer of the config `overrides`, on the config's datasets or on `data(cfg)`."""
     cfg = compose_config(overrides, run_id="bench")
     validate(cfg, topo.replicas)
-    components = from_config(cfg) if data is None else Components(cohort.factories(cfg), data(cfg))
-    return Trainer(cfg, topo, run_dir, components)
+    components = components_from_config(cfg) if data is None else Components(cohort.factories(cohort_of(cfg)), data(cfg))
+    return build_trainer(cfg, topo, run_dir, components)
 
 
 class AugmentedImages(Dataset):
@@ -258,7 +259,7 @@ def step_times(topo: Topology, plain: Trainer, codist: Trainer, burst: int, repe
     codist._exchange(0)  # load teacher copies, as after burn-in
     g = topo.local_groups[0]
     wp, wc = plain.workers[g], codist.workers[g]
-    x, _ = fetch(codist.data.dataset, wc.stream.batch_indices(0, wc.replicas[0]).tolist(), codist.data.collate)
+    x, _ = fetch(codist.data.dataset, wc.batches.stream.batch_indices(0, wc.local_replicas[0]).tolist(), codist.data.collate)
     steps = {"plain": TimedSteps(wp, burst), "codistill": TimedSteps(wc, burst)}
     variants: dict[str, Callable[[int], object]] = {
         "plain_step": steps["plain"],
@@ -306,7 +307,7 @@ def step_benchmark(a: argparse.Namespace, topo: Topology, tmp: Path) -> dict:
     return {
         "groups": G, "replicas": R, "mode": topo.layout.mode,
         "median_ms": {k: v * 1e3 for k, v in med.items()},
-        **ratio_to_bound(med, G, len(wc.replicas)),
+        **ratio_to_bound(med, G, len(wc.local_replicas)),
         "exchange_every": K, "exchange_share": share,
         "parameters": params, "state_values": state,
         "bytes_per_step": {
@@ -330,7 +331,7 @@ def data_row(a: argparse.Namespace, topo: Topology, tmp: Path, data: Optional[Da
     codist = build(topo, common, run_dir / "codistill", data)
     warmup = -(-a.warmup // a.data_burst)  # at least --warmup steps
     med = step_times(topo, plain, codist, a.data_burst, a.data_repeats, warmup, exchange=False)
-    micro = len(codist.workers[topo.local_groups[0]].replicas)
+    micro = len(codist.workers[topo.local_groups[0]].local_replicas)
     plain.close()
     codist.close()
     return {"data": name, "num_workers": workers, "median_ms": {k: v * 1e3 for k, v in med.items()},
@@ -411,11 +412,11 @@ class HandStep:
     copy, in its stored dtype), the engine's optimizer, autocast around the forwards, the float32 loss of
     Algorithm 1 (CE + KL at T = 1), on one in-memory batch: no data loader, schedule or bookkeeping."""
 
-    def __init__(self, worker: GroupWorker, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, precision: str,
+    def __init__(self, worker: GroupWorker, x: torch.Tensor, y: torch.Tensor, precision: str,
                  teacher: Optional[nn.Module] = None) -> None:
         self.student = copy.deepcopy(worker.model).train()
         self.teacher = copy.deepcopy(teacher) if teacher is not None else None
-        self.optimizer = build_optimizer(self.student.parameters(), cfg.optim)
+        self.optimizer = build_optimizer(self.student.parameters(), worker.optimizer_factory.optim)
         self.dtype, self.x, self.y = PRECISIONS[precision], x, y
 
     def __call__(self, i: int) -> None:
@@ -466,15 +467,15 @@ def precision_rows(a: argparse.Namespace, hidden: str, tmp: Path) -> dict:
     g = topo.local_groups[0]
     w = {k: t.workers[g] for k, t in trainers.items()}
     wc = w["codistill_bf16"]
-    x, y = fetch(wc.data.dataset, wc.stream.batch_indices(0, wc.replicas[0]).tolist(), wc.data.collate)
+    x, y = fetch(wc.batches.data.dataset, wc.batches.stream.batch_indices(0, wc.local_replicas[0]).tolist(), wc.batches.data.collate)
     steps = {k: TimedSteps(worker, 1) for k, worker in w.items()}
     variants: dict[str, Callable[[int], object]] = {
         **steps,
         "teacher_fwd_fp32": lambda i: w["codistill_fp32"].teachers.predict(x),
         "teacher_fwd_bf16": lambda i: wc.teachers.predict(x),
-        "hand_plain_fp32": HandStep(w["plain_fp32"], wc.cfg, x, y, "fp32"),
-        "hand_plain_bf16": HandStep(w["plain_bf16"], wc.cfg, x, y, "bf16"),
-        "hand_codistill_bf16": HandStep(wc, wc.cfg, x, y, "bf16", next(iter(wc.teachers.models.values()))),
+        "hand_plain_fp32": HandStep(w["plain_fp32"], x, y, "fp32"),
+        "hand_plain_bf16": HandStep(w["plain_bf16"], x, y, "bf16"),
+        "hand_codistill_bf16": HandStep(wc, x, y, "bf16", next(iter(wc.teachers.models.values()))),
     }
     cpu: dict[str, float] = {}
     wall = interleaved(variants, a.hw_repeats, max(2, a.warmup // 2), lambda: None, cpu)

@@ -11,10 +11,10 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
-from codistill.components.registry import from_config
 from codistill.compose import compose_config
 from codistill.config import validate
 from codistill.distributed.topology import Topology, resolve_layout
+from codistill.build import build_trainer, components_from_config
 from codistill.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def make_trainer(overrides: Sequence[str], run_dir: Path, base: Sequence[str] = 
     cfg = make_config(["topology.mode=simulated", *overrides], base)
     layout = resolve_layout(cfg.topology, env={})
     validate(cfg, layout.replicas)
-    return Trainer(cfg, Topology.start(layout, "cpu"), run_dir, from_config(cfg))
+    return build_trainer(cfg, Topology.start(layout, "cpu"), run_dir, components_from_config(cfg))
 
 
 def clean_env() -> dict[str, str]:
@@ -78,3 +78,12 @@ def load_final(run_dir: Path, group: int) -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def snapshot_steps(folder: Path, shards: int | None = None) -> list[int]:
+    """Steps of an exchange directory's group folder complete in a layout (whole, or all `shards` shards), newest
+    first: what a reader of that layout could load."""
+    from codistill.distributed.exchange.filesystem import complete_tags, versions
+
+    need = complete_tags(shards)
+    return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)

@@ -9,14 +9,16 @@ is a one-line ConfigError, raised before training starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from codistill.components import cohort, instantiate
 from codistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from codistill.config import DataConfig
 
 
 def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
@@ -35,23 +37,23 @@ def read(path: str) -> tuple[dict[str, torch.Tensor], Optional[dict], int]:
     raise ConfigError(f"checkpoint {path} holds neither a model state_dict nor a trainer checkpoint")
 
 
-def model_node(path: str, config: Optional[dict], group: int, cfg: Any, model_name: Optional[str]) -> Any:
-    """The model component to rebuild a checkpoint with: `model_name`'s preset (sized by `cfg`'s data) if given,
-    else the checkpoint's own."""
+def model_node(path: str, config: Optional[dict], group: int, data: DataConfig, model_name: Optional[str]) -> Any:
+    """The model component to rebuild a checkpoint with: `model_name`'s preset (sized by the `data` section) if
+    given, else the checkpoint's own."""
     if model_name is not None:
-        return cohort.preset(model_name, cfg)
+        return cohort.preset(model_name, data)
     if config is None:
         raise ConfigError(
             f"checkpoint {path} is a bare state_dict: name its architecture with a conf/model preset "
             "(distill.teacher_model=NAME)"
         )
-    return cohort.group_models(OmegaConf.create(config))[group]
+    return cohort.Cohort.from_record(config).models()[group]
 
 
-def load_model(path: str, cfg: Any, model_name: Optional[str] = None) -> nn.Module:
-    """The checkpoint's model on the CPU, in eval mode. `cfg` (the current run's) sizes a named preset."""
+def load_model(path: str, data: DataConfig, model_name: Optional[str] = None) -> nn.Module:
+    """The checkpoint's model on the CPU, in eval mode. `data` (the current run's data section) sizes a named preset."""
     state, config, group = read(path)
-    node = model_node(path, config, group, cfg, model_name)
+    node = model_node(path, config, group, data, model_name)
     model = instantiate.build(node, f"the model of checkpoint {path}")
     try:
         model.load_state_dict(state, strict=True)

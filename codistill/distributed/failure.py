@@ -19,10 +19,12 @@ FAILURE, READ = "codistill/failure", "codistill/failure_read"
 
 # What a rank was doing, from the innermost function of the traceback that names a phase.
 PHASES = {
-    "Trainer.__init__": "building", "GroupWorker.__init__": "building", "restore_training": "resuming",
-    "_check_models": "building", "train_step": "training", "_exchange": "exchanging", "_outer_step": "exchanging",
-    "_eval_sums": "evaluating", "_report": "reporting", "_stop_agreed": "training", "_checkpoint": "checkpointing",
-    "save_training": "checkpointing", "_save_final": "saving the final checkpoints", "fit": "training",
+    "build_trainer": "building", "GroupWorker.__init__": "building", "check_classes": "building",
+    "Checkpointer.resume": "resuming", "restore_training": "resuming", "train_step": "training",
+    "Trainer._exchange": "exchanging", "Trainer._outer_step": "exchanging", "Evaluator.sums": "evaluating",
+    "Progress.report": "reporting", "Trainer._stop_agreed": "training", "Checkpointer.save": "checkpointing",
+    "save_training": "checkpointing", "Checkpointer.save_final": "saving the final checkpoints",
+    "Trainer.fit": "training",
 }
 
 

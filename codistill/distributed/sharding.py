@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -24,7 +25,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from codistill.errors import ConfigError
@@ -32,9 +33,9 @@ from codistill.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def enabled(cfg: Any, topo: Any) -> bool:
+def enabled(strategy: str, topo: Any) -> bool:
     """Whether this process shards its groups: topology.strategy=fsdp under torchrun (simulated mode never does)."""
-    return cfg.topology.strategy == "fsdp" and not topo.simulated
+    return strategy == "fsdp" and not topo.simulated
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -123,8 +124,22 @@ def shard(model: nn.Module, mesh: Any, classes: Optional[tuple[type, ...]], resh
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+@dataclass(frozen=True)
+class ShardingPlan:
+    """How this process shards a group's models over the group's replicas (from the topology section's fsdp keys):
+    students and teacher copies alike, so replica r of every group holds the same shard r of each architecture."""
+
+    mesh: Any  # the group's replica mesh, mesh["replica"]
+    blocks: Optional[tuple[type, ...]]  # topology.fsdp_blocks, imported (None: detected per model)
+    reshard_after_forward: bool = True
+
+    def student(self, model: nn.Module, group: int, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+        return shard(model, self.mesh, self.blocks, self.reshard_after_forward, param_dtype,
+                     where=f"group {group}'s model")
+
+    def teacher(self, model: nn.Module, group: int) -> nn.Module:
+        """A teacher copy sharded like `group`'s student, gathered block by block and freed after each forward."""
+        return shard(model, self.mesh, self.blocks, True, where=f"group {group}'s model")
 
 
 def numel(model: nn.Module) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ContextManager, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,9 @@ from codistill.distributed.failure import FailureBoard, board
 from codistill.distributed.local_work import local_work
 from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
 from codistill.runtime import PARENT_PID_AT_START
+
+if TYPE_CHECKING:
+    from codistill.config import TopologyConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,39 +157,39 @@ class Layout:
         return self.rank % self.replicas
 
 
-def resolve_layout(cfg: Any, env: Mapping[str, str] = os.environ) -> Layout:
-    """Turn topology config + torchrun's environment into a Layout, or raise a one-line ConfigError."""
-    groups = cfg.groups
+def resolve_layout(topology: TopologyConfig, env: Mapping[str, str] = os.environ) -> Layout:
+    """Turn the topology config section + torchrun's environment into a Layout, or raise a one-line ConfigError."""
+    groups = topology.groups
     if groups < 1:
         raise ConfigError(f"topology.groups={groups} must be >= 1")
     under_torchrun = launched_by_torchrun(env)
-    mode = cfg.mode if cfg.mode != "auto" else ("torchrun" if under_torchrun else "simulated")
+    mode = topology.mode if topology.mode != "auto" else ("torchrun" if under_torchrun else "simulated")
     if mode == "simulated":
         if under_torchrun and int(env["WORLD_SIZE"]) > 1:
             raise ConfigError(
                 "topology.mode=simulated runs in one process, but torchrun started "
                 f"{env['WORLD_SIZE']} processes: launch with plain python or drop topology.mode"
             )
-        replicas = cfg.replicas if cfg.replicas is not None else 1
+        replicas = topology.replicas if topology.replicas is not None else 1
         if replicas < 1:
             raise ConfigError(f"topology.replicas={replicas} must be >= 1")
-        return Layout("simulated", groups, replicas, group_id=cfg.group_id)
+        return Layout("simulated", groups, replicas, group_id=topology.group_id)
     if not under_torchrun:
         raise ConfigError("topology.mode=torchrun needs RANK/WORLD_SIZE/LOCAL_RANK: launch with torchrun")
     world = int(env["WORLD_SIZE"])
-    job_groups = groups if cfg.group_id is None else 1
+    job_groups = groups if topology.group_id is None else 1
     if world % job_groups != 0:
         raise ConfigError(
             f"world size {world} is not divisible by topology.groups={groups}: "
             f"launch G x R processes (e.g. {groups * max(1, world // groups)}) or change topology.groups"
         )
     replicas = world // job_groups
-    if cfg.replicas is not None and cfg.replicas != replicas:
+    if topology.replicas is not None and topology.replicas != replicas:
         raise ConfigError(
-            f"topology.replicas={cfg.replicas} but world size {world} / {job_groups} group(s) in this job = "
+            f"topology.replicas={topology.replicas} but world size {world} / {job_groups} group(s) in this job = "
             f"{replicas}: drop topology.replicas under torchrun or launch groups x replicas processes"
         )
-    return Layout("torchrun", groups, replicas, int(env["RANK"]), world, int(env["LOCAL_RANK"]), cfg.group_id)
+    return Layout("torchrun", groups, replicas, int(env["RANK"]), world, int(env["LOCAL_RANK"]), topology.group_id)
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
@@ -288,10 +291,12 @@ class Topology:
     # --- process groups (None in simulated mode) --------------------------------------------------------------
     @property
     def replica_pg(self) -> Optional[dist.ProcessGroup]:
+        """mesh["replica"]: the R ranks of this rank's group (its DDP / FSDP process group)."""
         return None if self.mesh is None else self.mesh["replica"].get_group()
 
     @property
-    def group_pg(self) -> Optional[dist.ProcessGroup]:
+    def cross_group_pg(self) -> Optional[dist.ProcessGroup]:
+        """mesh["group"]: this rank and the ranks of the same replica index in every other group (the exchange path)."""
         return None if self.mesh is None else self.mesh["group"].get_group()
 
     def group_leader_rank(self) -> int:

@@ -28,15 +28,16 @@ every-step warm-up, with outer steps taken after every step through burn-in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from codistill.config import OUTER_MODES
-from codistill.engine.logits import as_logits
 from codistill.engine.losses import distill_loss
+
+if TYPE_CHECKING:
+    from codistill.config import DistillConfig, LossConfig
 
 
 DEFAULT_BURN_IN = 0.1  # of trainer.max_steps, when distill.burn_in_steps is null
@@ -58,13 +59,13 @@ class Schedule:
     averaging: bool = False  # mode=average or diloco with G > 1: exchanges are outer steps (enabled is False)
 
     @classmethod
-    def from_config(cls, d: Any, groups: int, max_steps: int) -> "Schedule":
+    def from_config(cls, distill: DistillConfig, groups: int, max_steps: int) -> "Schedule":
         """The schedule of the `distill` config section for G = `groups` and a run of `max_steps` steps."""
-        kd = d.mode == "kd"
+        kd = distill.mode == "kd"
         return cls(
-            kd or (d.mode not in ("none", *OUTER_MODES) and groups > 1), burn_in(d.burn_in_steps, max_steps),
-            d.exchange_every,
-            exchanging=not kd, averaging=d.mode in OUTER_MODES and groups > 1,
+            kd or (distill.mode not in ("none", *OUTER_MODES) and groups > 1),
+            burn_in(distill.burn_in_steps, max_steps), distill.exchange_every,
+            exchanging=not kd, averaging=distill.mode in OUTER_MODES and groups > 1,
         )
 
     def distilling(self, step: int) -> bool:
@@ -87,20 +88,25 @@ class LossParts:
     distill: torch.Tensor
 
 
-def codistill_loss(
-    student: nn.Module,
-    teacher_logits: list[torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    alpha: float,
-    temperature: float,
-    psi: str,
-    aggregate: str,
-    ignore_index: Optional[int] = None,
-) -> LossParts:
-    """CE on the labels plus alpha * psi against the (already computed, graph-free) teachers' predictions."""
-    return loss_from_logits(as_logits(student(x)), teacher_logits, y, alpha, temperature, psi, aggregate,
-                            ignore_index=ignore_index)
+@dataclass(frozen=True)
+class LossSpec:
+    """Algorithm 1's loss settings: distill.alpha, temperature, psi, aggregate and loss.ignore_index."""
+
+    alpha: float = 1.0
+    temperature: float = 1.0
+    psi: str = "kl"
+    aggregate: str = "mean_probs"
+    ignore_index: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, distill: DistillConfig, loss: LossConfig) -> "LossSpec":
+        """From the `distill` and `loss` config sections."""
+        return cls(distill.alpha, distill.temperature, distill.psi, distill.aggregate, loss.ignore_index)
+
+    def __call__(self, logits: torch.Tensor, teacher_logits: list[torch.Tensor], y: torch.Tensor, groups: int = 0
+                 ) -> LossParts:
+        return loss_from_logits(logits, teacher_logits, y, self.alpha, self.temperature, self.psi, self.aggregate,
+                                groups=groups, ignore_index=self.ignore_index)
 
 
 def loss_from_logits(

@@ -7,13 +7,16 @@ loss is the engine's CE + alpha * psi against its predictions (T^2-scaled KL at 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from codistill.engine.logits import as_logits
 from codistill.components.pretrained import load_model
+
+if TYPE_CHECKING:
+    from codistill.config import DataConfig
 
 
 class FixedTeacher:
@@ -22,6 +25,7 @@ class FixedTeacher:
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
         self.models: dict[int, nn.Module] = {}  # no peer copies: an exchange has nothing to load
+        self.source_step: dict[int, Optional[int]] = {}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -33,8 +37,18 @@ class FixedTeacher:
     def layouts(self) -> dict[int, list]:
         return {}  # nothing is exchanged
 
+    def state_dict(self) -> dict[int, dict]:
+        return {}  # not saved: loaded again from its own checkpoint
 
-def load_teacher(cfg: Any, device: torch.device) -> FixedTeacher:
-    """The teacher of `distill.teacher_checkpoint` (architecture from the checkpoint or distill.teacher_model)."""
-    model = load_model(cfg.distill.teacher_checkpoint, cfg, cfg.distill.teacher_model)
-    return FixedTeacher(model.to(device))
+    def load_state_dict(self, state: dict[int, dict]) -> None:
+        pass
+
+    def restore_steps(self, steps: dict[int, int]) -> None:
+        pass
+
+
+def load_teacher(checkpoint: str, model_name: Optional[str], data: DataConfig, device: torch.device) -> FixedTeacher:
+    """The teacher of distill.teacher_checkpoint (architecture from the checkpoint or the distill.teacher_model
+    preset, sized by the `data` section)."""
+    return FixedTeacher(load_model(checkpoint, data, model_name).to(device))
+

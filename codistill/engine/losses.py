@@ -27,10 +27,6 @@ def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 Weights = Optional[torch.Tensor]  # [..., B] per-example weights of a mean (ignore_index); None = the plain mean
 
 
-def kl_to_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    return kl_from_log_probs(F.log_softmax(scaled(student_logits, temperature), dim=-1), target_probs, temperature)
-
-
 def batch_mean(per_example: torch.Tensor, weights: Weights) -> torch.Tensor:
     return per_example.mean(-1) if weights is None else (per_example * weights).sum(-1)
 

@@ -3,32 +3,55 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 
+if TYPE_CHECKING:
+    from codistill.config import OptimConfig
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer the `optim` config section names."""
+    if optim.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+            params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov
         )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
+    if optim.name == "adam":
+        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown optimizer {optim.name!r}")
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: Any, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then constant or cosine decay to zero at max_steps."""
 
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine":
-            progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "cosine":
+            progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass(frozen=True)
+class OptimizerFactory:
+    """A group's optimizer and learning-rate schedule, from the `optim` section and the run's length."""
+
+    optim: OptimConfig
+    max_steps: int
+
+    @property
+    def grad_clip(self) -> Optional[float]:
+        return self.optim.grad_clip
+
+    def __call__(self, params: Iterable[torch.nn.Parameter]
+                 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        optimizer = build_optimizer(params, self.optim)
+        return optimizer, build_schedule(optimizer, self.optim, self.max_steps)

@@ -21,31 +21,34 @@ simulated mode and torchrun compute the same outer step.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from codistill.engine.teachers import StateFlattener
 
+if TYPE_CHECKING:
+    from codistill.config import DistillConfig
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def hyperparameters(d: Any) -> tuple[float, float, bool]:
+def hyperparameters(distill: DistillConfig) -> tuple[float, float, bool]:
     """(lr, momentum, nesterov) of the outer SGD: distill.outer_optim for diloco, (1, 0, False) for average."""
-    if d.mode == "average":
+    if distill.mode == "average":
         return 1.0, 0.0, False
-    o = d.outer_optim
+    o = distill.outer_optim
     return float(o.lr), float(o.momentum), bool(o.nesterov)
 
 
 class OuterStep:
     """The outer parameters and their optimizer, on this process (the same on every group of a replica index)."""
 
-    def __init__(self, d: Any, model: nn.Module, flattener: StateFlattener, device: torch.device) -> None:
+    def __init__(self, distill: DistillConfig, model: nn.Module, flattener: StateFlattener, device: torch.device) -> None:
         """`model`, `flattener`: a local group's student and its flattener (every group has this architecture)."""
-        self.lr, self.momentum, self.nesterov = hyperparameters(d)
-        self.dtype = DTYPES[d.outer_dtype]
+        self.lr, self.momentum, self.nesterov = hyperparameters(distill)
+        self.dtype = DTYPES[distill.outer_dtype]
         params = {name for name, _ in model.named_parameters()}
         self.is_param = torch.cat([torch.full((n,), name in params, dtype=torch.bool)
                                    for name, _, n in flattener.entries]).to(device)

@@ -12,7 +12,7 @@ topology.strategy=fsdp each copy is sharded like the student (codistill/distribu
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -20,6 +20,25 @@ from torch import nn
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.distributed.sharding import local
+
+
+class TeacherSource(Protocol):
+    """What a group distils from: its peers' exchanged copies (TeacherCopies) or mode=kd's fixed teacher (kd.py)."""
+
+    models: dict[int, nn.Module]  # the copies an exchange refreshes and a checkpoint keeps, by peer (none: {})
+    source_step: dict[int, Optional[int]]  # the step each copy was taken at
+
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def staleness(self, step: int) -> Optional[int]: ...
+
+    def layouts(self) -> dict[int, list]: ...
+
+    def state_dict(self) -> dict[int, dict]: ...
+
+    def load_state_dict(self, state: dict[int, dict]) -> None: ...
+
+    def restore_steps(self, steps: dict[int, int]) -> None: ...
 
 
 class StateFlattener:
@@ -109,6 +128,12 @@ class TeacherCopies:
     def load_state_dict(self, state: dict[int, dict]) -> None:
         for p, copy in state.items():
             self.load(p, copy["flat"], copy["step"])  # copy_ moves it to the copy's device and dtype
+
+    def restore_steps(self, steps: dict[int, int]) -> None:
+        """The copies' source steps after their weights were restored in place (sharded checkpoints)."""
+        for p, step in steps.items():
+            self.source_step[p] = step
+            self.pool.loaded_step[p] = step
 
     @property
     def ready(self) -> list[int]:

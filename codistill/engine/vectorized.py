@@ -3,7 +3,7 @@
 In simulated mode the loop runs G small models one after the other, so for small models the step is dominated by
 per-operation overhead paid G times. Here the groups' parameters are stacked along a leading group dimension
 (as torch.func.stack_module_state does), so a step is one `vmap(functional_call)` for every group's teachers,
-one for the students, the loss on [G, ...] tensors (codistill.engine.algorithm.loss_from_logits), one backward and one
+one for the students, the loss on [G, ...] tensors (the workers' LossSpec), one backward and one
 optimizer step over the stacked tensors. The arithmetic is the loop's, group by group, so the parameters agree with the loop (and
 hence with torchrun) to float rounding.
 
@@ -19,7 +19,8 @@ so such models (and torchrun, where a process holds one group) fall back to the 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,10 +28,8 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
 from codistill.engine import weighting
-from codistill.engine.algorithm import loss_from_logits
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
-from codistill.engine.optim import build_optimizer, build_schedule
 from codistill.distributed.topology import Topology
 from codistill.engine.worker import GroupWorker, split_batch
 
@@ -39,20 +38,33 @@ log = logging.getLogger("codistill")
 Params = dict[str, torch.Tensor]
 
 
-def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional[str]:
+@dataclass(frozen=True)
+class StepOptions:
+    """The settings that decide whether groups can run stacked: trainer.precision, trainer.compile, distill.mode and
+    distill.exchange."""
+
+    precision: str = "fp32"
+    compile: bool = False
+    mode: str = "codistill"
+    exchange: str = "collective"
+
+
+def unsupported_reason(topo: Topology, workers: dict[int, GroupWorker], options: StepOptions = StepOptions()
+                       ) -> Optional[str]:
     """Why these groups cannot run stacked, or None when they can."""
     if not topo.simulated:
         return "it needs topology.mode=simulated (under torchrun a process holds one group)"
     if len(workers) < 2:
         return "there is only one group"
-    if cfg.trainer.precision == "fp16":
+    if options.precision == "fp16":
         return "fp16's GradScaler steps each group's optimizer on its own"
-    if cfg.trainer.compile:
+    if options.compile:
         return "trainer.compile compiles each group's module, not the stacked functional step"
-    if cfg.distill.mode == "kd":
+    if options.mode == "kd":
         return "distill.mode=kd's fixed teacher is not a stack of exchanged peer copies"
-    if not cfg.distill.exchange.startswith("collective"):
-        return f"distill.exchange={cfg.distill.exchange} may leave groups with different teacher copies"
+    exchange = options.exchange
+    if exchange != "collective":
+        return f"distill.exchange={exchange} may leave groups with different teacher copies"
     models = [w.model for w in workers.values()]
     shapes = [(type(m), [(n, p.shape) for n, p in m.named_parameters()]) for m in models]
     if any(s != shapes[0] for s in shapes):
@@ -66,16 +78,14 @@ def unsupported_reason(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]
     return None
 
 
-def build(cfg: Any, topo: Topology, workers: dict[int, GroupWorker]) -> Optional["VectorizedGroups"]:
-    """The stacked engine when topology.vectorize asks for it and the groups allow it; else None (the loop)."""
-    if not cfg.topology.vectorize:
-        return None
-    reason = unsupported_reason(cfg, topo, workers)
+def build(topo: Topology, workers: dict[int, GroupWorker], options: StepOptions) -> Optional["VectorizedGroups"]:
+    """The stacked engine (topology.vectorize) when the groups allow it; else None (the loop), with the reason."""
+    reason = unsupported_reason(topo, workers, options)
     if reason is not None:
         log.warning("topology.vectorize: running the groups one by one because %s", reason)
         return None
     log.info("topology.vectorize: %d groups run as one stacked model", len(workers))
-    return VectorizedGroups(cfg, workers)
+    return VectorizedGroups(workers)
 
 
 def clip_stacked(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -89,8 +99,9 @@ def clip_stacked(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
 
 class VectorizedGroups:
-    def __init__(self, cfg: Any, workers: dict[int, GroupWorker]) -> None:
-        self.cfg = cfg
+    def __init__(self, workers: dict[int, GroupWorker]) -> None:
+        """Every group keeps its worker (batches, teacher copies, loss spec); the stack shares one optimizer built by
+        the workers' optimizer factory."""
         self.workers = [workers[g] for g in sorted(workers)]
         self.base = self.workers[0].model  # the module functional_call runs with stacked parameters swapped in
         self.names = [n for n, _ in self.base.named_parameters()]
@@ -101,8 +112,7 @@ class VectorizedGroups:
         for g, w in enumerate(self.workers):
             for n, p in w.model.named_parameters():
                 p.data = self.params[n].data[g]  # the group's module now reads and writes its stacked slice
-        self.optimizer = build_optimizer(self.params.values(), cfg.optim)
-        self.lr_schedule = build_schedule(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        self.optimizer, self.lr_schedule = self.workers[0].optimizer_factory(self.params.values())
         for w in self.workers:  # every group reports (and checkpoints) the one shared optimizer and schedule
             w.optimizer, w.lr_schedule = self.optimizer, self.lr_schedule
         self._teacher_key: Optional[tuple] = None
@@ -110,30 +120,28 @@ class VectorizedGroups:
 
     def train_step(self, step: int) -> torch.Tensor:
         """One step of every group; returns [G, 4] rows as GroupWorker.train_step returns them, stacked."""
-        w0, d, G = self.workers[0], self.cfg.distill, len(self.workers)
+        w0, G = self.workers[0], len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
         sums = torch.zeros(G, 4, device=w0.device)
-        ignore = self.cfg.loss.ignore_index
+        ignore = w0.loss.ignore_index
         stacked = {}
-        for r in w0.replicas:
+        for r in w0.local_replicas:
             batches = [w._batch(step, r) for w in self.workers]
             stacked[r] = tree_map(lambda *t: torch.stack(t), *[b[0] for b in batches]), torch.stack([b[1] for b in batches])
         total = None if ignore is None else weighting.step_total([y for _, y in stacked.values()], ignore, groups=G)
-        for r in w0.replicas:
+        for r in w0.local_replicas:
             x, y = stacked[r]
             for xm, ym in zip(split_batch(x, w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
-                share = weighting.weight(ym, ignore, total, 1.0 / (len(w0.replicas) * w0.accum), groups=G)
+                share = weighting.weight(ym, ignore, total, 1.0 / (len(w0.local_replicas) * w0.accum), groups=G)
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
                     logits = self._forward(self.params, xm)
-                parts = loss_from_logits(logits.float(), [t.float() for t in teacher_logits], ym, d.alpha,
-                                         d.temperature, d.psi, d.aggregate, groups=G,
-                                         ignore_index=self.cfg.loss.ignore_index)
+                parts = w0.loss(logits.float(), [t.float() for t in teacher_logits], ym, groups=G)
                 (parts.total * share).sum().backward()
                 sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) * (
                     share[:, None] if isinstance(share, torch.Tensor) else share)
-        if self.cfg.optim.grad_clip is not None:
-            sums[:, 3] = clip_stacked(list(self.params.values()), self.cfg.optim.grad_clip)
+        if w0.grad_clip is not None:
+            sums[:, 3] = clip_stacked(list(self.params.values()), w0.grad_clip)
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)

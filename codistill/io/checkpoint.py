@@ -34,7 +34,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.utils._pytree import tree_leaves
 
 from codistill.config import OUTER_MODES
 from codistill.errors import ConfigError, StorageError  # noqa: F401  (StorageError re-exported)
@@ -80,11 +79,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors in a nested container (about what torch.save of it writes)."""
-    return sum(t.numel() * t.element_size() for t in tree_leaves(obj) if isinstance(t, torch.Tensor))
 
 
 def load(path: Path) -> dict:
@@ -148,13 +142,15 @@ def find_resume(resume: str, run_dir: Path) -> Optional[Path]:
     )
 
 
-def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
+def preflight(run_dir: Path, layout: Any, resume: str, strategy: str = "ddp", mode: str = "codistill"
+              ) -> Optional[Path]:
     """Before any process group: the output directory is writable and the checkpoint to resume from fits this run.
 
-    Checks the topology it was written by and the checksums of the files this process will load; returns its path.
+    `resume`, `strategy`, `mode`: trainer.resume, topology.strategy and distill.mode. Checks the topology it was
+    written by and the checksums of the files this process will load; returns its path.
     """
     check_writable(run_dir, "output directory (hydra.run.dir)")
-    path = find_resume(cfg.trainer.resume, run_dir)
+    path = find_resume(resume, run_dir)
     if path is None:
         return None
     try:
@@ -162,7 +158,7 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
         wrote, files = manifest["topology"], manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"resume checkpoint {path} is corrupt: unreadable {MANIFEST} ({e})") from None
-    strategy, wrote_strategy = cfg.topology.strategy, manifest.get("strategy", "ddp")
+    wrote_strategy = manifest.get("strategy", "ddp")
     if wrote_strategy != strategy:
         raise ConfigError(f"resume checkpoint {path} was written with topology.strategy={wrote_strategy}, this run uses "
                           f"{strategy}: resume with the same strategy or trainer.resume=never")
@@ -176,9 +172,9 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
     local_groups = layout.job_groups if layout.mode == "simulated" else [layout.group]
     same_ranks = wrote["replicas"] == layout.replicas  # else (fsdp, another R) the generators start afresh
     outer = f"outer-rank{layout.rank}.pt"
-    if cfg.distill.mode in OUTER_MODES and not same_ranks:
+    if mode in OUTER_MODES and not same_ranks:
         raise ConfigError(f"resume checkpoint {path} holds the outer state of {wrote['replicas']} replicas per group: "
-                          f"distill.mode={cfg.distill.mode} resumes with the same topology.replicas")
+                          f"distill.mode={mode} resumes with the same topology.replicas")
     per_rank = [f"rng-rank{layout.rank}.pt", *([outer] if outer in files else [])] if same_ranks else []
     for name in [*(f"group{g}.pt" for g in local_groups), *per_rank]:
         try:
@@ -187,8 +183,6 @@ def preflight(cfg: Any, run_dir: Path, layout: Any) -> Optional[Path]:
             raise ConfigError(f"resume checkpoint {path} is incomplete: {name} is missing ({e})") from None
         if not ok:
             raise ConfigError(f"resume checkpoint {path} is corrupt: {name} does not match its checksum")
-    trajectory.adopt_burn_in(cfg, manifest.get("trajectory"))  # a longer run keeps the burn-in it started with
-    trajectory.check(cfg, manifest.get("trajectory"), path)  # seed, batch, schedule, data, model: as written
     return path
 
 
@@ -242,7 +236,7 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
     error: Optional[OSError] = None
     # a budget for the writes (topology.io_bandwidth_mb_s): the model, up to twice its size of optimizer state and
     # the G - 1 teacher copies, per group this process writes
-    nbytes = sum(tensor_bytes(w.model.state_dict()) for g, w in workers.items() if topo.is_group_leader(g))
+    nbytes = sum(w.model_bytes() for g, w in workers.items() if topo.is_group_leader(g))
     with topo.local_work(f"writing checkpoint {folder}", nbytes * (2 + topo.groups)):
         try:
             for g, w in workers.items():

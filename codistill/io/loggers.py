@@ -12,9 +12,12 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional, Protocol, TextIO
+from typing import Any, Optional, Protocol, TYPE_CHECKING, TextIO
 
 from codistill.io.reporting import MetricsWriter
+
+if TYPE_CHECKING:
+    from codistill.config import LoggerConfig
 
 log = logging.getLogger("codistill")
 
@@ -88,17 +91,19 @@ class WandbRun:
     same wandb runs instead of starting new ones.
     """
 
-    def __init__(self, cfg: Any, group: int, run_dir: Path, config: dict, with_run_records: bool) -> None:
+    def __init__(self, logger: LoggerConfig, run_name: str, group: int, run_dir: Path, config: dict, with_run_records: bool
+                 ) -> None:
+        """`logger`: the logger config section; `config`: the run's resolved config, recorded with the run."""
         self.group, self.with_run_records = group, with_run_records
         self.run: Any = None
-        lc = cfg.logger
+        lc = logger
         wandb_group = lc.group or run_id(run_dir)
         try:
             import wandb
 
             self.run = wandb.init(
-                project=lc.project, entity=lc.entity, name=f"{cfg.run_name}-g{group}", group=wandb_group,
-                id=re.sub(r"[^\w.-]", "-", f"{cfg.run_name}-{wandb_group}-g{group}"), resume="allow",
+                project=lc.project, entity=lc.entity, name=f"{run_name}-g{group}", group=wandb_group,
+                id=re.sub(r"[^\w.-]", "-", f"{run_name}-{wandb_group}-g{group}"), resume="allow",
                 job_type=lc.job_type, tags=list(lc.tags), config={**config, "group": group},
                 dir=str(run_dir), mode=lc.mode, reinit="create_new",
                 settings=wandb.Settings(quiet=True, console="off"),
@@ -129,12 +134,15 @@ class WandbRun:
         self.run = None
 
 
-def open_sinks(cfg: Any, topo: Any, run_dir: Path, config: dict, stream: Optional[TextIO] = None) -> Sinks:
-    """The sinks this rank owns (see the module docstring)."""
+def open_sinks(logger: LoggerConfig, run_name: str, max_steps: int, topo: Any, run_dir: Path, config: dict,
+               stream: Optional[TextIO] = None) -> Sinks:
+    """The sinks this rank owns (see the module docstring). `logger`: the logger config section; `config`: the run's
+    resolved config, recorded with each wandb run."""
     stream = stream or sys.stdout
     sinks: list[Sink] = [MetricsWriter(run_dir / "metrics.jsonl" if topo.is_main else None)]
     if topo.is_main and stream.isatty():
-        sinks.append(ProgressBar(cfg.trainer.max_steps, stream))
-    if cfg.logger.name == "wandb":
-        sinks += [WandbRun(cfg, g, run_dir, config, g == 0) for g in topo.local_groups if topo.is_group_leader(g)]
+        sinks.append(ProgressBar(max_steps, stream))
+    if logger.name == "wandb":
+        sinks += [WandbRun(logger, run_name, g, run_dir, config, g == 0)
+                  for g in topo.local_groups if topo.is_group_leader(g)]
     return Sinks(sinks)

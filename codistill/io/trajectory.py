@@ -11,7 +11,8 @@ saves): a resume that raises trainer.max_steps keeps it.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
 from codistill.errors import ConfigError
 
@@ -36,30 +37,35 @@ def record(config: Mapping[str, Any]) -> dict[str, str]:
     return {key: json.dumps(_get(config, key), sort_keys=True, default=str) for key in KEYS}
 
 
-def adopt_burn_in(cfg: Any, written: Optional[Mapping[str, str]]) -> None:
+def written(path: Path, manifest_name: str) -> Optional[dict[str, str]]:
+    """The trajectory a checkpoint directory's manifest recorded (None: written before trajectories were)."""
+    return json.loads((path / manifest_name).read_text()).get("trajectory")
+
+
+def adopt_burn_in(distill: Any, recorded: Optional[Mapping[str, str]]) -> None:
     """A resume with the default burn-in (null) keeps the checkpoint's resolved one, whatever trainer.max_steps is."""
-    if written and BURN_IN in written and cfg.distill.burn_in_steps is None:
-        cfg.distill.burn_in_steps = int(json.loads(written[BURN_IN]))
+    if recorded and BURN_IN in recorded and distill.burn_in_steps is None:
+        distill.burn_in_steps = int(json.loads(recorded[BURN_IN]))
 
 
-def check(cfg: Any, written: Optional[Mapping[str, str]], path: Any) -> None:
-    """Raise a one-line ConfigError if this run's config changes a recorded value that is not allowed to change."""
-    if not written:  # a checkpoint from before trajectories were recorded
+def check(config: Mapping[str, Any], allowed_changes: Sequence[str], recorded: Optional[Mapping[str, str]],
+          path: Any) -> None:
+    """Raise a one-line ConfigError if `config` (resolved, a plain dict) changes a recorded value that
+    `allowed_changes` (trainer.resume_allow_changes) does not name."""
+    if not recorded:  # a checkpoint from before trajectories were recorded
         return
-    from omegaconf import OmegaConf
-
-    now = record(OmegaConf.to_container(cfg, resolve=True))
-    allowed = set(cfg.trainer.resume_allow_changes)
+    now = record(config)
+    allowed = set(allowed_changes)
     unknown = sorted(allowed - set(KEYS))
     if unknown:
         raise ConfigError(f"trainer.resume_allow_changes names {unknown[0]}, which no checkpoint records: choose "
                           f"from {', '.join(KEYS)}")
     for key in KEYS:
-        if key in written and written[key] != now[key] and (key in FIXED or key not in allowed):
+        if key in recorded and recorded[key] != now[key] and (key in FIXED or key not in allowed):
             why = (f"it cannot change on resume: {FIXED[key]}" if key in FIXED else
                    f"resume with the same value, or allow the change with trainer.resume_allow_changes=[{key}]")
             was = "by another model, " if key.startswith("model") else ""
-            raise ConfigError(f"resume checkpoint {path} was written {was}with {key}={_short(written[key])}, this run "
+            raise ConfigError(f"resume checkpoint {path} was written {was}with {key}={_short(recorded[key])}, this run "
                               f"has {key}={_short(now[key])}: {why}")
 
 

@@ -94,7 +94,7 @@ def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = Non
 
 def rebuild(ckpt: dict) -> nn.Module:
     """The checkpoint's model as the plain nn.Module its config describes, weights loaded strictly, in eval mode."""
-    node = cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])]  # model_per_group aware
+    node = cohort.Cohort.from_record(ckpt["config"]).models()[int(ckpt["group"])]  # model_per_group aware
     try:
         model = instantiate.build(node, "model")
         model.load_state_dict(ckpt["model"], strict=True)

@@ -36,7 +36,7 @@ def export(ckpt_path: Path, out_dir: Path, data_root: Optional[str] = None) -> d
     written = {}
     plain = {
         "state_dict": model.state_dict(),
-        "model_config": cohort.group_models(OmegaConf.create(ckpt["config"]))[int(ckpt["group"])],
+        "model_config": cohort.Cohort.from_record(ckpt["config"]).models()[int(ckpt["group"])],
         "input_shape": list(example.shape[1:]) if isinstance(example, torch.Tensor) else None,
         "input_dtype": str(example.dtype).removeprefix("torch.") if isinstance(example, torch.Tensor) else None,
         "trained_steps": int(ckpt["step"]),

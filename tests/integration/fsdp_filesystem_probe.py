@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from codistill.components.registry import from_config
 from codistill.config import validate
 from codistill.distributed.topology import Topology, resolve_layout
-from codistill.engine.trainer import Trainer
+from codistill.build import build_trainer, components_from_config
 from tests.helpers import make_config
 
 
@@ -23,7 +22,7 @@ def main(run_dir: Path, overrides: list[str]) -> None:
     layout = resolve_layout(cfg.topology)
     validate(cfg, layout.replicas)
     topo = Topology.start(layout, "cpu")
-    trainer = Trainer(cfg, topo, run_dir, from_config(cfg))
+    trainer = build_trainer(cfg, topo, run_dir, components_from_config(cfg))
     (g, w), ex = next(iter(trainer.workers.items())), trainer.exchange
     peer, folder = 1 - g, ex.root / f"group{1 - g}"
 

@@ -15,9 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from codistill.distributed.exchange import CollectiveExchange  # noqa: E402
-from codistill.components.registry import from_config  # noqa: E402
 from codistill.distributed.topology import Topology, resolve_layout  # noqa: E402
-from codistill.engine.trainer import Trainer  # noqa: E402
+from codistill.build import build_trainer, components_from_config  # noqa: E402
 from tests.helpers import make_config  # noqa: E402
 
 
@@ -26,14 +25,14 @@ def check_exchange(topo: Topology) -> None:
     sizes = [1001 - 224 * (g % 2) for g in range(G)]
     g = topo.layout.group
     mine = torch.arange(sizes[g], dtype=torch.float32) + 10_000 * g
-    full = CollectiveExchange(topo.group_pg, sizes).exchange(7, {g: mine})
-    sharded_ex = CollectiveExchange(topo.group_pg, sizes, topo.replica_pg)
+    full = CollectiveExchange(topo.cross_group_pg, sizes).exchange(7, {g: mine})
+    sharded_ex = CollectiveExchange(topo.cross_group_pg, sizes, topo.replica_pg)
     sharded = sharded_ex.exchange(7, {g: mine})
     for p in range(G):
         want = torch.arange(sizes[p], dtype=torch.float32) + 10_000 * p
         assert torch.equal(full[p].flat, want), f"full exchange: group {p} snapshot is wrong"
         assert torch.equal(sharded[p].flat, want), f"sharded exchange: group {p} snapshot differs from the full one"
-    assert CollectiveExchange(topo.group_pg, sizes).cross_group_bytes() == (G - 1) * 1001 * 4
+    assert CollectiveExchange(topo.cross_group_pg, sizes).cross_group_bytes() == (G - 1) * 1001 * 4
     shard = -(-1001 // topo.replicas)  # ceil: the last shard is padded
     assert sharded_ex.cross_group_bytes() == (G - 1) * shard * 4, "sharding must divide cross-group bytes by R"
 
@@ -44,7 +43,7 @@ def train(topo: Topology, out: Path, sharded: bool) -> list[torch.Tensor]:
         "distill.burn_in_steps=3", "distill.exchange_every=4", f"distill.shard_exchange={str(sharded).lower()}",
         "logger.plots=false",
     ])
-    trainer = Trainer(cfg, topo, out / ("sharded" if sharded else "full"), from_config(cfg))
+    trainer = build_trainer(cfg, topo, out / ("sharded" if sharded else "full"), components_from_config(cfg))
     try:
         trainer.fit()
         return [p.detach().clone() for p in trainer.workers[topo.layout.group].model.parameters()]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from codistill.distributed.exchange.filesystem import snapshot_steps
-from tests.helpers import REPO, USER, clean_env, load_final, max_abs_diff, run_cli, run_torchrun
+from tests.helpers import REPO, USER, clean_env, load_final, max_abs_diff, run_cli, run_torchrun, snapshot_steps
 
 MODEL = [*USER, "model=tiny_transformer", "logger.plots=false"]
 # burn-in, then exchanges before steps 5, 10, 15, 20; 2 micro-batches per replica and global-norm clipping

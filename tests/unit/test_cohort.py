@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codistill.build import validate_components
 from codistill.components import cohort
 from codistill.config import ConfigError, validate
 from codistill.engine.teachers import state_sizes
@@ -19,7 +20,7 @@ def _widths(model: torch.nn.Module) -> list[int]:
 
 def test_hinton_presets() -> None:
     cfg = make_config(["data=mnist"])
-    teacher, student, tiny = (cohort.preset(n, cfg) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
+    teacher, student, tiny = (cohort.preset(n, cfg.data) for n in ("hinton_teacher", "hinton_student", "hinton_tiny"))
     assert (list(teacher.hidden), teacher.dropout, teacher.input_dropout) == ([1200, 1200], 0.5, 0.2)
     assert (list(student.hidden), student.dropout) == ([800, 800], 0.0)
     assert list(tiny.hidden) == [30, 30] and list(tiny.input_shape) == [1, 28, 28]  # sized by the run's data
@@ -60,7 +61,7 @@ def test_bad_cohorts_are_one_line_config_errors(overrides: list[str], message: s
     cfg = make_config(overrides)
     with pytest.raises(ConfigError, match=message) as e:
         validate(cfg, 1)
-        cohort.validate(cfg)
+        validate_components(cfg)
     assert "\n" not in str(e.value)
 
 

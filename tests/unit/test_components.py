@@ -43,10 +43,8 @@ def test_a_model_with_a_logits_attribute_trains(tmp_path: Path) -> None:
 
 
 def pipeline(workers: int, **kwargs) -> TrainingData:
-    data = TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, train_set=TrainSetOptions(**kwargs),
-                               options=LoaderOptions(workers))
-    data.labels = Labels(4)
-    return data
+    return TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, train_set=TrainSetOptions(**kwargs),
+                               options=LoaderOptions(workers)).with_labels(Labels(4))
 
 
 def batches(data: TrainingData, group: int, replica: int, start: int, stop: int) -> list:

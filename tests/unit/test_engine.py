@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from codistill.engine.algorithm import Schedule, codistill_loss
+from codistill.engine.algorithm import Schedule, loss_from_logits
 from tests.helpers import make_trainer
 
 BURN_IN, K = 6, 4
@@ -34,11 +34,11 @@ def test_no_distillation_before_burn_in_and_present_after(tmp_path: Path) -> Non
 
     # The gradient carries the distillation term after burn-in: it differs from the label-only gradient.
     x, y = w._batch(BURN_IN + 1, 0)
-    d = trainer.cfg.distill
+    d = w.loss  # the distill section's alpha, temperature, psi, aggregate
 
     def grad(teacher_logits: list) -> torch.Tensor:
         w.model.zero_grad()
-        codistill_loss(w.model, teacher_logits, x, y, d.alpha, d.temperature, d.psi, d.aggregate).total.backward()
+        loss_from_logits(w.model(x), teacher_logits, y, d.alpha, d.temperature, d.psi, d.aggregate).total.backward()
         return torch.cat([p.grad.flatten() for p in w.model.parameters()])
 
     w.model.eval()  # no dropout noise between the two evaluations

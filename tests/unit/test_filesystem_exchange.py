@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from codistill.config import ConfigError
-from codistill.distributed.exchange.filesystem import ExchangeWriteError, claim, snapshot_steps
-from tests.helpers import make_trainer
+from codistill.distributed.exchange.filesystem import ExchangeWriteError, claim
+from tests.helpers import make_trainer, snapshot_steps
 
 ARGS = ["distill.exchange=filesystem", "distill.burn_in_steps=0", "trainer.max_steps=40", "logger.plots=false"]
 

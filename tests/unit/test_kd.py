@@ -61,7 +61,7 @@ def test_distill_term_is_present_from_the_first_step(teacher_ckpt: Path, tmp_pat
 
 def test_bare_state_dict_needs_and_uses_teacher_model(tmp_path: Path) -> None:
     bare = tmp_path / "tiny.pt"
-    torch.save(build(cohort.preset("hinton_tiny", make_config()), "model").state_dict(), bare)
+    torch.save(build(cohort.preset("hinton_tiny", make_config().data), "model").state_dict(), bare)
     with pytest.raises(ConfigError, match="bare state_dict.*teacher_model"):
         _kd(bare, tmp_path / "a", ("topology.groups=1",))
     trainer = _kd(bare, tmp_path / "b", ("topology.groups=1", "distill.teacher_model=hinton_tiny"))

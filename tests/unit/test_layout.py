@@ -1,6 +1,6 @@
 """The package's architecture, pinned: imports point one way and never circle; old public import paths still work.
 
-    entry points (train, api, compose, tools)  ->  engine  ->  distributed  ->  components, io  ->  config  ->  errors
+    entry points (train, api, compose, build, tools)  ->  engine  ->  distributed  ->  components, io  ->  config  ->  errors
 
 The graph is read from the source (ast), function-level imports included (they are how a circle hides), imports
 under `if TYPE_CHECKING:` left out (they never run).
@@ -26,7 +26,7 @@ LAYERS = {
     "io": 2,
     "distributed": 3,
     "engine": 4,
-    "train": 5, "api": 5, "compose": 5, "tools": 5,
+    "train": 5, "api": 5, "compose": 5, "build": 5, "tools": 5,
 }
 EXEMPT = {"codistill", "codistill._legacy_paths"}  # the package root and the old-path aliases name every module
 
@@ -124,6 +124,24 @@ def test_errors_import_nothing_heavy() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "typing"}
+
+
+ENTRY_POINTS = {"codistill.train", "codistill.api", "codistill.build", "codistill.compose", "codistill.config"}
+
+
+def test_only_entry_points_take_the_whole_config() -> None:
+    """A parameter named `cfg` is the whole config, which only the entry points and config.validate receive; every
+    other part takes its own section (named after it) or a small frozen dataclass made from it."""
+    takers = []
+    for name, path in modules().items():
+        if name in ENTRY_POINTS or name.startswith("codistill.tools"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+                if "cfg" in args:
+                    takers.append(f"{name}.{node.name}")
+    assert not takers, "take a config section, not the whole config:\n" + "\n".join(sorted(takers))
 
 
 # Old public paths (users' code and configs name them) and the object each must be.

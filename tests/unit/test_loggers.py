@@ -80,7 +80,7 @@ def test_wandb_group_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     fake_wandb(monkeypatch, lambda **kw: runs.append(FakeRun(**kw)) or runs[-1])
     cfg = make_config(["logger=wandb", "logger.group=exp1"])
     topo = types.SimpleNamespace(is_main=False, groups=2, local_groups=[1], is_group_leader=lambda g: True)
-    open_sinks(cfg, topo, tmp_path / "group1", {}).close()
+    open_sinks(cfg.logger, cfg.run_name, cfg.trainer.max_steps, topo, tmp_path / "group1", {}).close()
     assert [(r.kwargs["name"], r.kwargs["group"]) for r in runs] == [("codistill-g1", "exp1")]
 
 
@@ -97,11 +97,11 @@ class Terminal(io.StringIO):
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     cfg = make_config(["topology.mode=simulated", "trainer.max_steps=10"])
     topo = types.SimpleNamespace(is_main=True, groups=2, local_groups=[0, 1], is_group_leader=lambda g: True)
-    plain = open_sinks(cfg, topo, tmp_path, {}, stream=io.StringIO())
+    plain = open_sinks(cfg.logger, cfg.run_name, cfg.trainer.max_steps, topo, tmp_path, {}, stream=io.StringIO())
     assert not any(isinstance(s, ProgressBar) for s in plain.sinks)
     plain.close()
     term = Terminal()
-    sinks = open_sinks(cfg, topo, tmp_path, {}, stream=term)
+    sinks = open_sinks(cfg.logger, cfg.run_name, cfg.trainer.max_steps, topo, tmp_path, {}, stream=term)
     sinks.write({"step": 5, "group": 0, "train/loss": 0.5, "staleness": 2, "eval/acc": 0.75})
     sinks.write({"step": 5, "group": None, "ensemble/acc": 0.8})
     sinks.close()

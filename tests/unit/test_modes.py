@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codistill.engine.algorithm import codistill_loss
+from codistill.engine.algorithm import loss_from_logits
 from codistill.engine.losses import distill_loss
 from tests.helpers import make_trainer, max_abs_diff
 
@@ -48,7 +48,7 @@ def test_codistill_is_ce_then_ce_plus_alpha_psi_after_burn_in(tmp_path: Path, ps
 
 def test_dml_distills_from_the_first_step_and_exchanges_every_step(tmp_path: Path) -> None:
     trainer = _fit(["distill=dml", "distill.alpha=2.0", "trainer.max_steps=3"], tmp_path)
-    assert trainer.cfg.distill.aggregate == "mean_kl"
+    assert trainer.workers[0].loss.aggregate == "mean_kl"
     assert all(trainer.schedule.exchange_before(s) for s in range(3))
     for r in _records(tmp_path):
         assert r["staleness"] == 1  # read after the step: the copies are the peers as they entered it
@@ -60,7 +60,7 @@ def test_kd_is_ce_plus_alpha_t2_kl_to_the_fixed_teacher() -> None:
     torch.manual_seed(0)
     student, teacher = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
     x, y, T = torch.randn(16, 6), torch.randint(0, 4, (16,)), 20.0
-    got = codistill_loss(student, [teacher(x).detach()], x, y, 0.3, T, "kl", "mean_probs")
+    got = loss_from_logits(student(x), [teacher(x).detach()], y, 0.3, T, "kl", "mean_probs")
     z, t = student(x), teacher(x).detach()
     kl = (F.softmax(t / T, -1) * (F.log_softmax(t / T, -1) - F.log_softmax(z / T, -1))).sum(-1).mean()
     torch.testing.assert_close(got.total, F.cross_entropy(z, y) + 0.3 * T**2 * kl)
@@ -71,7 +71,7 @@ def test_sequence_logits_are_scored_at_every_position() -> None:
     student = torch.nn.Embedding(7, 5)  # tokens [B, L] -> logits [B, L, 5]
     x, y = torch.randint(0, 7, (3, 4)), torch.randint(0, 5, (3, 4))
     teacher = torch.randn(3, 4, 5)
-    got = codistill_loss(student, [teacher], x, y, 1.0, 2.0, "kl", "mean_probs")
+    got = loss_from_logits(student(x), [teacher], y, 1.0, 2.0, "kl", "mean_probs")
     z = student(x).reshape(12, 5)
     want = F.cross_entropy(z, y.reshape(12)) + distill_loss(z, [teacher.reshape(12, 5)], 2.0, "kl", "mean_probs")
     torch.testing.assert_close(got.total, want)

@@ -18,9 +18,8 @@ from tests.user_components import Blobs
 
 
 def data(**options) -> TrainingData:
-    d = TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, train_set=TrainSetOptions(**options))
-    d.labels = Labels(4)
-    return d
+    return TrainingData.create(Blobs("train"), Blobs("test"), None, seed=3, train_set=TrainSetOptions(**options)
+                               ).with_labels(Labels(4))
 
 
 def seen_labels(d: TrainingData, group: int, steps: int = 8) -> torch.Tensor:

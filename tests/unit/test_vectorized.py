@@ -55,5 +55,5 @@ def test_unsupported_configs_fall_back_to_the_loop(tmp_path: Path, caplog, overr
 def test_models_vmap_cannot_stack_run_in_the_loop(tmp_path: Path, model: nn.Module, reason: str) -> None:
     trainer = make_trainer([], tmp_path)
     worker = SimpleNamespace(model=model)
-    found = vectorized.unsupported_reason(trainer.cfg, trainer.topo, {0: worker, 1: worker})
+    found = vectorized.unsupported_reason(trainer.topo, {0: worker, 1: worker})
     assert found is not None and reason in found

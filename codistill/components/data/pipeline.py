@@ -18,6 +18,7 @@ classes, drawn uniformly) and `jitter` (images shifted by up to N pixels, drawn 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -287,9 +288,13 @@ class LoaderOptions:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingData:
-    """The run's data: training and held-out datasets, their collate function, and the training-set options."""
+    """The run's data: training and held-out datasets, their collate function, and the training-set options.
+
+    What a label may be (`labels`) depends on the models, which the datasets do not know: the engine checks the
+    models' class count and then makes the run's data with `with_labels`, complete before any loader exists.
+    """
 
     dataset: Dataset
     eval_dataset: Dataset
@@ -298,8 +303,8 @@ class TrainingData:
     subset: Optional[torch.Tensor] = None  # the indices of `dataset` trained on (TrainSetOptions.training_indices)
     noise: Optional[LabelNoise] = None
     jitter: int = 0
-    labels: Labels = None  # type: ignore[assignment]  # set by the trainer once the model's class count is known
-    options: LoaderOptions = None  # type: ignore[assignment]
+    labels: Optional[Labels] = None  # None until `with_labels`: the loaders need it
+    options: LoaderOptions = dataclasses.field(default_factory=lambda: LoaderOptions())
 
     @classmethod
     def create(
@@ -324,6 +329,19 @@ class TrainingData:
         subset = train_set.training_indices(dataset, collate, seed)
         noise = LabelNoise(train_set.label_noise, len(dataset), seed) if train_set.label_noise > 0 else None
         return cls(dataset, eval_dataset, collate, seed, subset, noise, train_set.jitter, options=options or LoaderOptions())
+
+    def with_labels(self, labels: Labels) -> "TrainingData":
+        """This data with the models' label range: what the loaders check every batch against."""
+        return dataclasses.replace(self, labels=labels)
+
+    def check_labels(self, y: torch.Tensor) -> None:
+        """Check labels `y` of the training set, and every training label when the dataset holds them up front
+        (in-memory datasets' `targets`); a DataFormatError names the first bad one."""
+        assert self.labels is not None, "with_labels first"
+        self.labels.check(y, "data.train")
+        targets = getattr(self.dataset, "targets", None)
+        if isinstance(targets, torch.Tensor):
+            self.labels.check(targets if self.subset is None else targets[self.subset], "data.train")
 
     @property
     def num_examples(self) -> int:
@@ -352,6 +370,8 @@ class TrainingData:
             return fetch(self.dataset, [0, 1] if len(self.dataset) > 1 else [0], self.collate)
 
     def train_loader(self, stream: GroupStream, group: int, replica: int, start: int, stop: int) -> DataLoader:
+        if self.labels is None:
+            raise ValueError("TrainingData.with_labels first: the loaders check every label against the models' classes")
         return DataLoader(
             TrainBatches(self, group, replica), batch_sampler=StepSampler(stream, replica, start, stop),
             **self.options.kwargs(persistent=False),
@@ -359,5 +379,29 @@ class TrainingData:
 
     def eval_loader(self, indices: Sequence[int], batch_size: int) -> DataLoader:
         """Batches of the held-out `indices`, in order; reusable (its workers persist between evaluations)."""
+        if self.labels is None:
+            raise ValueError("TrainingData.with_labels first: the loaders check every label against the models' classes")
         chunks = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
         return DataLoader(EvalBatches(self), batch_sampler=chunks, **self.options.kwargs(persistent=True))
+
+
+class GroupBatches:
+    """One group's training batches in this process: a DataLoader per local replica, started at the first step
+    asked for (a resume's step) and read one step after another up to `stop` (trainer.max_steps)."""
+
+    def __init__(self, data: TrainingData, stream: GroupStream, group: int, stop: int, device: torch.device) -> None:
+        self.data, self.stream, self.group, self.stop, self.device = data, stream, group, stop, device
+        self._loaders: dict[int, Iterator[tuple[int, Any, torch.Tensor]]] = {}  # replica -> its loader
+
+    def get(self, step: int, replica: int) -> tuple[Any, torch.Tensor]:
+        """`replica`'s batch of `step`, on the device. Steps must be consecutive: the loader prefetches them in order."""
+        if replica not in self._loaders:
+            self._loaders[replica] = iter(self.data.train_loader(self.stream, self.group, replica, step, self.stop))
+        got, x, y = next(self._loaders[replica])
+        if got != step:
+            raise RuntimeError(f"group {self.group} replica {replica}: asked for step {step}'s batch, the loader is at {got}")
+        return to_device(x, self.device), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        self._loaders.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Mapping, Optional, Protocol
 
 import torch
 
@@ -41,4 +41,12 @@ class Exchange(Protocol):
         A group may be missing from the result (no snapshot of it yet, or none newer than the one last returned):
         its teacher copy then stays as it is. A snapshot's `step` may be older than `step` (a slower peer).
         """
+        ...
+
+    def traffic_line(self, step: int) -> Optional[str]:
+        """What the last exchange moved, for the log (None: nothing worth a line)."""
+        ...
+
+    def close(self) -> None:
+        """Finish pending work (a snapshot still being written: peers may read it)."""
         ...

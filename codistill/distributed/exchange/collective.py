@@ -3,7 +3,7 @@
 Replica r of every group takes part in the all-gather of the ranks holding replica index r, so no intra-group
 broadcast is needed: replicas are identical, and every rank ends up with every peer's state.
 
-Sharded (`distill.exchange=collective_sharded`): because the R replicas of a group all need the same peer states,
+Sharded (`distill.shard_exchange=true`): because the R replicas of a group all need the same peer states,
 replica r fetches only the r-th 1/R shard of each peer's state across groups, and the group then all-gathers the
 shards among its own replicas (the fast, intra-group link). Each rank moves 1/R of the bytes across groups.
 
@@ -24,13 +24,14 @@ from codistill.distributed.exchange.base import Snapshot
 
 class CollectiveExchange:
     def __init__(
-        self, group_pg: dist.ProcessGroup, sizes: list[int], shard_pg: Optional[dist.ProcessGroup] = None
+        self, cross_group_pg: dist.ProcessGroup, sizes: list[int], shard_pg: Optional[dist.ProcessGroup] = None
     ) -> None:
-        """`sizes[g]`: the length of group g's flattened state (groups may have different architectures).
+        """`cross_group_pg`: the ranks of this replica index in every group (Topology.cross_group_pg).
+        `sizes[g]`: the length of group g's flattened state (groups may have different architectures).
 
         `shard_pg`: this group's replica process group, to shard the cross-group transfer over its R replicas.
         """
-        self.pg, self.sizes, self.shard_pg = group_pg, sizes, shard_pg
+        self.pg, self.sizes, self.shard_pg = cross_group_pg, sizes, shard_pg
         self.shards = 1 if shard_pg is None else dist.get_world_size(shard_pg)
         self.shard_numel = math.ceil(max(sizes) / self.shards)
         self.numel = self.shard_numel * self.shards  # all-gathers need equal sizes: pad to the largest architecture
@@ -39,6 +40,14 @@ class CollectiveExchange:
     def cross_group_bytes(self, element_size: int = 4) -> int:
         """Bytes one rank receives from other groups per exchange (all-gather payload, padding included)."""
         return (len(self.sizes) - 1) * self.shard_numel * element_size
+
+    def traffic_line(self, step: int) -> Optional[str]:
+        sent, received = self.traffic
+        return (f"exchange at step {step}: sent {sent} bytes to each of {len(self.sizes) - 1} peer group(s), received "
+                f"{received} bytes")
+
+    def close(self) -> None:
+        pass
 
     def exchange(self, step: int, local: dict[int, torch.Tensor]) -> dict[int, Snapshot]:
         ((mine_group, mine),) = local.items()

@@ -43,7 +43,6 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
 from codistill.errors import ConfigError, ExchangeWriteError
 from codistill.io.checkpoint import atomic_write
@@ -54,30 +53,9 @@ log = logging.getLogger(__name__)
 _MANIFEST = re.compile(r"step(\d{9})((?:\.shard\d+of\d+)?)\.json$")
 
 
-def exchange_root(cfg: Any, run_dir: Path) -> Path:
-    return Path(cfg.distill.exchange_dir) if cfg.distill.exchange_dir else run_dir / "exchange"
-
-
-def run_identity(cfg: Any) -> str:
-    """The id every job of one run agrees on: run_name plus a digest of the settings its groups must share.
-
-    Groups launched as separate jobs have different job ids and run directories, so the id comes from the config:
-    two runs that differ in name, seed, data, models or distillation cannot share an exchange directory.
-    """
-    c = OmegaConf.to_container(cfg, resolve=True)
-    shared = {
-        "seed": c["seed"],
-        "groups": c["topology"]["groups"],
-        "model": c["model"],
-        "model_per_group": c.get("model_per_group"),
-        "data": {k: c["data"][k] for k in ("train", "partition", "train_examples", "label_noise", "exclude_classes",
-                                           "validation_examples", "jitter")},
-        "distill": {k: v for k, v in c["distill"].items() if k not in ("exchange_dir", "exchange_keep")},
-        "optim": c["optim"],
-        "batch_size": c["trainer"]["batch_size"],
-    }
-    text = json.dumps(shared, sort_keys=True)
-    return f"{cfg.run_name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+def exchange_root(exchange_dir: Optional[str], run_dir: Path) -> Path:
+    """distill.exchange_dir, or <run dir>/exchange when it is not set."""
+    return Path(exchange_dir) if exchange_dir else run_dir / "exchange"
 
 
 def architecture_signature(entries: Entries) -> str:
@@ -113,13 +91,6 @@ def claim(root: Path, run_id: str) -> None:
             f"distill.exchange_dir={root} belongs to run {found!r}, not this run {run_id!r}: give each run its own "
             "exchange directory (every group of one run needs the same run_name and shared settings)"
         )
-
-
-def prepare(cfg: Any, run_dir: Path) -> tuple[Path, str]:
-    """The run's exchange directory and run id, the directory checked and claimed (see `claim`)."""
-    root, run_id = exchange_root(cfg, run_dir), run_identity(cfg)
-    claim(root, run_id)
-    return root, run_id
 
 
 class _Writer:
@@ -225,12 +196,6 @@ def complete_tags(shards: Optional[int]) -> set[str]:
     return {layout_tag(r, shards) for r in range(shards or 1)}
 
 
-def snapshot_steps(folder: Path, shards: Optional[int] = None) -> list[int]:
-    """Steps complete in a layout (a whole snapshot, or all `shards` shards), newest first."""
-    need = complete_tags(shards)
-    return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)
-
-
 def own_steps(folder: Path, tag: str) -> list[int]:
     """Steps with a manifest of one layout tag (what one writer published), newest first."""
     return sorted((s for s, tags in versions(folder).items() if tag in tags), reverse=True)
@@ -289,7 +254,7 @@ class FilesystemExchange:
     @classmethod
     def for_run(cls, root: Path, run_id: str, keep: int, topo: Any, states: StateLayout, start_step: int
                 ) -> "FilesystemExchange":
-        """The exchange of a run whose directory `prepare` claimed, for the groups `states` describes."""
+        """The exchange of a run whose directory `claim` gave it, for the groups `states` describes."""
         signatures = {g: architecture_signature(e) for g, e in states.entries.items()}
         return cls(root, run_id, topo, signatures, dict(enumerate(states.sizes)), keep, start_step, states.dtype,
                    states.sharded)
@@ -313,6 +278,10 @@ class FilesystemExchange:
         read = sum(s.flat.numel() * s.flat.element_size() for s in out.values())
         self.traffic = (written, read if self.shards is not None or self.leads else 0)
         return out
+
+    def traffic_line(self, step: int) -> Optional[str]:
+        written, read = self.traffic
+        return f"exchange at step {step}: wrote {written} snapshot bytes to the exchange directory, read {read}"
 
     def close(self) -> None:
         """Write what is pending (a peer may still read this group's last snapshot); a failure is only logged."""

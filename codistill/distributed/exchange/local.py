@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from codistill.distributed.exchange.base import Snapshot
@@ -12,3 +14,9 @@ class LocalExchange:
         """The states as they are: flat_state() already made them new tensors, and a second copy of every group's
         state would set the run's peak memory (2 x G states at once)."""
         return {g: Snapshot(g, step, flat) for g, flat in local.items()}
+
+    def traffic_line(self, step: int) -> Optional[str]:
+        return None  # nothing leaves the process
+
+    def close(self) -> None:
+        pass
