@@ -142,12 +142,8 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
                 trainer.close()  # flushes the filesystem exchange's pending snapshot
             del trainer
             topo.shutdown(clean)
-            if error is not None and topo.failures is not None:
-                # print while SIGTERM is still caught: the agent signals the other ranks once one has exited, and
-                # every rank must get its line out; the store's host (rank 0) waits for every rank's line
-                print(f"codistill: error: {error}", file=sys.stderr, flush=True)
-                topo.failures.acknowledge()
-                topo.linger()
+            if error is not None:
+                topo.linger()  # rank 0 keeps the store up until every rank has printed the failure
     if error is not None:
         raise RunError(error, printed=topo.failures is not None)
     if preempted is not None:

@@ -349,12 +349,16 @@ class Topology:
                           self.timeout_s, self.io_bandwidth_mb_s, what)
 
     def fail(self, line: str, error: BaseException) -> str:
-        """This rank failed: record it (unless a peer failed first) and tear the process groups down at once, so
-        peers waiting for this rank fail now rather than after topology.timeout_s. Returns the line to print: the
-        job's first failure, naming its rank."""
+        """This rank failed: record it (unless a peer failed first), print the job's first failure (naming its
+        rank) and tear the process groups down at once, so peers waiting for this rank fail now rather than after
+        topology.timeout_s. Returns that line (under torchrun already printed)."""
         if self.failures is None:
             return line
         first = self.failures.first_failure(line, error)
+        # printed before anything else can go wrong (tearing the groups down, the agent's SIGTERM once a peer has
+        # exited): every rank gets its line out; the store's host (rank 0) then waits for every rank's line
+        print(f"codistill: error: {first}", file=sys.stderr, flush=True)
+        self.failures.acknowledge()
         self.shutdown(clean=False)
         return first
 
