@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,11 +25,13 @@ import torch
 from omegaconf import OmegaConf
 
 from codistill.components.data import GroupStream
+from codistill.components.data.labels import is_causal_lm
 from codistill.components.data.pipeline import GroupBatches, Labels
 from codistill.components import cohort
 from codistill.components.cohort import Cohort
 from codistill.components.registry import Components, data_from_config
 from codistill.components.rng import ReplicaRNG
+from codistill.config import DataConfig
 from codistill.distributed import sharding
 from codistill.distributed.exchange import CollectiveExchange, Exchange, FilesystemExchange, LocalExchange
 from codistill.distributed.exchange.base import StateLayout
@@ -128,6 +131,14 @@ def build_exchange(cfg: Any, topo: Topology, run_dir: Path, states: StateLayout,
     return CollectiveExchange(topo.cross_group_pg, list(states.sizes), shard_pg)
 
 
+def shift_labels(data: DataConfig, x: Any, students: dict[int, torch.nn.Module]) -> bool:
+    """data.shift_labels; unset: Hugging Face's causal-LM convention (labels = input_ids, scored one position later)
+    applies to its `*ForCausalLM` models fed dict batches (codistill/components/data/labels.py)."""
+    if data.shift_labels is not None:
+        return data.shift_labels
+    return isinstance(x, Mapping) and any(is_causal_lm(m) for m in students.values())
+
+
 def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Components,
                   stop_flag: Optional[StopFlag] = None) -> Trainer:
     """Every part of a run, built in an order every rank follows (some steps are collectives), then the Trainer."""
@@ -164,9 +175,12 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
     if teacher is not None:
         models["the distill.teacher_checkpoint model"] = teacher.model
     num_classes = check_classes(models, x, y, topo)
-    data = components.data.with_labels(Labels(num_classes, cfg.loss.ignore_index))
+    labels = Labels(num_classes, cfg.loss.ignore_index, shift_labels(cfg.data, x, students))
+    data = components.data.with_labels(labels)
     try:
-        data.check_labels(y)
+        if cfg.data.shift_labels is None:  # the engine chose the convention: refuse labels that contradict it
+            data.labels.check_alignment(x, y, "data.train")
+        data.check_labels(data.labels.align(x, y))
         size = len(data.eval_dataset)
         data.check_held_out(min(cfg.data.eval_examples or size, size), topo.replicas)
     except DataFormatError as e:
@@ -192,17 +206,18 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         log.info("teacher copy of group %d: %d of its %d parameter values on this rank", g, here, total)
     stacked = None
     if cfg.topology.vectorize:  # None: the groups step one by one
-        options = vectorized.StepOptions(tr.precision, tr.compile, d.mode, d.exchange)
+        options = vectorized.StepOptions(tr.precision, tr.compile, d.mode, d.exchange, isinstance(x, Mapping))
         stacked = vectorized.build(topo, workers, options)
     # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
     first = next(iter(workers.values()))
-    outer = OuterStep(d, first.model, first.flattener, topo.device) if schedule.averaging else None
+    outer = OuterStep(d, first.flattener, topo.device) if schedule.averaging else None
     checkpoints = Checkpointer(run_dir, topo, workers, record, tr.checkpoint_every, tr.checkpoint_keep, outer)
     start_step = checkpoints.resume(tr.resume)
     exchange = build_exchange(cfg, topo, run_dir, state_layout(workers, sizes, plan is not None), start_step)
     sinks = open_sinks(cfg.logger, cfg.run_name, tr.max_steps, topo, run_dir, record)  # metrics.jsonl, bar, wandb
     evaluator = Evaluator(workers, data, topo, cfg.data.eval_examples, cfg.data.eval_batch_size, cfg.loss.ignore_index,
                           sharded=plan is not None)
-    return Trainer(LoopSettings.from_config(tr, d, cfg.optim), topo, run_dir, workers, schedule, exchange, evaluator,
+    positions = y[0].numel() if y.dim() >= 2 else 0  # labelled positions per example of a sequence model
+    return Trainer(LoopSettings.from_config(tr, d, cfg.optim, positions), topo, run_dir, workers, schedule, exchange, evaluator,
                    checkpoints, sinks, data=data, num_classes=num_classes, start_step=start_step, vectorized=stacked,
                    outer=outer, stop_flag=stop_flag)

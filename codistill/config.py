@@ -50,6 +50,11 @@ class DataConfig:
     prefetch_factor: int = 2  # batches each worker loads ahead (num_workers > 0)
     eval_batch_size: int = 1000  # batch size of held-out evaluation
     eval_examples: int = 0  # 0 = the whole held-out set
+    labels_key: str = "labels"  # dict batches (Hugging Face rows, collators): the labels' key; the rest are inputs
+    # Score position t against labels[t + 1] (labels = input_ids, Hugging Face's causal-LM convention, the last
+    # position unscored); None = for dict batches fed to a `*ForCausalLM` model, with labels that contradict that
+    # choice refused (copies of the inputs, or already shifted). Needs loss.ignore_index.
+    shift_labels: Optional[bool] = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from codistill.errors import ConfigError
 
 
+EXTRAS = {"transformers": "hf", "tokenizers": "hf", "datasets": "hf"}  # packages of an optional extra
 OBJECT_KEY = "_python_object_"  # marks a component that codistill.fit received as an object, not an import path
 
 
@@ -41,7 +42,9 @@ def target_of(node: Any, where: str) -> Callable[..., Any]:
     except Exception as e:  # Hydra wraps ImportError/AttributeError; the cause's first line says which part failed
         cause = e.__cause__ or e
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ConfigError(f"{where}._target_={path} does not resolve: {detail}") from None
+        extra = EXTRAS.get(path.split(".")[0])
+        hint = f" (pip install 'codistill[{extra}]')" if extra and "No module named" in detail else ""
+        raise ConfigError(f"{where}._target_={path} does not resolve: {detail}{hint}") from None
 
 
 def kwargs_of(node: Any) -> dict[str, Any]:
@@ -57,10 +60,33 @@ def check_arguments(node: Any, where: str) -> None:
         signature = inspect.signature(target)
     except (TypeError, ValueError):  # builtins and some C extensions have no signature: leave it to the call
         return
+    kwargs = kwargs_of(node)
     try:
-        signature.bind(**kwargs_of(node))
+        signature.bind(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where}._target_={node['_target_']} rejects its arguments: {e}") from None
+        raise ConfigError(f"{where}._target_={node['_target_']} rejects its arguments: {e}"
+                          f"{leftover_hint(signature, kwargs, where)}") from None
+
+
+EMPTY_PRESETS = {"model": "model=custom", "data": "data=custom"}  # conf/<group>/custom.yaml: a _target_ and nothing else
+
+
+def leftover_hint(signature: inspect.Signature, kwargs: dict[str, Any], where: str) -> str:
+    """Name the arguments the callable does not take (a preset's, left over when only _target_ was overridden) and
+    the empty preset to start from instead."""
+    params = signature.parameters.values()
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+        return ""
+    names = {p.name for p in params}
+    leftover = [k for k in kwargs if k not in names]
+    if not leftover:
+        return ""
+    hint = f" ({where} sets {', '.join(leftover)}, which it does not take"
+    empty = EMPTY_PRESETS.get(where.split(".")[0].split("[")[0])
+    if empty is not None:
+        hint += (f"; a preset's arguments stay when only _target_ is overridden: start from the empty preset with "
+                 f"{empty} and add yours with +{where}.NAME=VALUE")
+    return hint + ")"
 
 
 def build(node: Any, where: str, **extra: Any) -> Any:

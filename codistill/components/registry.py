@@ -42,7 +42,8 @@ def training_data(train: Any, eval_data: Any, collate: Any, seed: int, data: Dat
     With data.eval_split=validation the run evaluates on the validation examples instead of `eval_data`."""
     try:
         held_out = None if data.eval_split == "validation" else eval_data
-        return TrainingData.create(train, held_out, collate, seed, train_set_options(data), loader_options(data))
+        return TrainingData.create(train, held_out, collate, seed, train_set_options(data), loader_options(data),
+                                   data.labels_key)
     except DataFormatError as e:
         raise ConfigError(str(e)) from None
 

@@ -148,13 +148,25 @@ def numel(model: nn.Module) -> tuple[int, int]:
     return here, sum(p.numel() for p in model.parameters())
 
 
+def unique_state(model: nn.Module) -> list[tuple[str, torch.Tensor, bool]]:
+    """(name, tensor, is a parameter) of every state_dict entry, a tied tensor (input and output embeddings) once,
+    under its first name: what an exchange moves and an outer step updates."""
+    params = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    entries = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            entries.append((name, t, id(t) in params))
+    return entries
+
+
 def local_state_size(model: nn.Module, replicas: int, replica: int) -> int:
     """What StateFlattener moves for `model` on replica `replica` once sharded over `replicas`: each parameter's
     dim-0 chunk (FSDP2 shards like torch.chunk) plus every buffer whole. Works on the meta device."""
-    params = {name for name, _ in model.named_parameters()}
     total = 0
-    for name, t in model.state_dict().items():
-        if name in params and t.dim() > 0:
+    for name, t, is_param in unique_state(model):
+        if is_param and t.dim() > 0:
             rows = -(-t.shape[0] // replicas)
             total += max(0, min(rows, t.shape[0] - replica * rows)) * (t.numel() // max(t.shape[0], 1))
         else:

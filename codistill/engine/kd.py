@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.components.pretrained import load_model
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class FixedTeacher:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [as_logits(self.model(x))]
+        return [as_logits(call(self.model, x))]
 
     def staleness(self, step: int) -> Optional[int]:
         return None  # a fixed teacher has no age

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from codistill.engine.teachers import StateFlattener
 
@@ -45,13 +44,12 @@ def hyperparameters(distill: DistillConfig) -> tuple[float, float, bool]:
 class OuterStep:
     """The outer parameters and their optimizer, on this process (the same on every group of a replica index)."""
 
-    def __init__(self, distill: DistillConfig, model: nn.Module, flattener: StateFlattener, device: torch.device) -> None:
-        """`model`, `flattener`: a local group's student and its flattener (every group has this architecture)."""
+    def __init__(self, distill: DistillConfig, flattener: StateFlattener, device: torch.device) -> None:
+        """`flattener`: a local group's student's flattener (every group has this architecture)."""
         self.lr, self.momentum, self.nesterov = hyperparameters(distill)
         self.dtype = DTYPES[distill.outer_dtype]
-        params = {name for name, _ in model.named_parameters()}
-        self.is_param = torch.cat([torch.full((n,), name in params, dtype=torch.bool)
-                                   for name, _, n in flattener.entries]).to(device)
+        self.is_param = torch.cat([torch.full((n,), is_param, dtype=torch.bool)  # a tied weight is one parameter
+                                   for (_, _, n), is_param in zip(flattener.entries, flattener.is_param)]).to(device)
         self.params = torch.zeros(int(self.is_param.sum()), device=device)  # the outer parameters
         self.buffers = torch.zeros(flattener.numel - self.params.numel(), device=device)  # averaged buffers
         self.optimizer = torch.optim.SGD([self.params], lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)

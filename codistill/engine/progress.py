@@ -26,11 +26,14 @@ log = logging.getLogger("codistill")
 
 class Progress:
     def __init__(self, topo: Topology, workers: dict, schedule: Schedule, evaluator: Evaluator, sinks: Sinks,
-                 max_steps: int, log_grad_norm: bool, start_step: int, kept: Callable[[], str]) -> None:
+                 max_steps: int, log_grad_norm: bool, start_step: int, kept: Callable[[], str],
+                 tokens_per_step: int = 0) -> None:
         """`log_grad_norm`: records carry train/grad_norm (optim.grad_clip is set). `kept()`: where a failed run can
-        resume from, for the error line of a non-finite loss."""
+        resume from, for the error line of a non-finite loss. `tokens_per_step`: a language model's positions per
+        group step (batch_size x labelled positions per example); records then add perplexities and tokens/s."""
         self.topo, self.workers, self.schedule, self.evaluator, self.sinks = topo, workers, schedule, evaluator, sinks
         self.max_steps, self.log_grad_norm, self.kept = max_steps, log_grad_norm, kept
+        self.tokens_per_step = tokens_per_step
         self.sums = torch.zeros(topo.groups, 4, device=topo.device)  # the window's [loss, ce, distill, grad norm]
         self.window = 0
         self.final_eval: Optional[tuple[list[dict], dict]] = None
@@ -80,6 +83,9 @@ class Progress:
         if bad:
             raise NonFiniteLossError(f"training loss of group(s) {bad} is not finite at step {step}"
                                      f"{self._loss_parts(stats[bad[0]], step)}; {self.kept()}")
+        now = time.perf_counter()
+        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
+        self._clock = (now, step)
         run_record = None
         if evaluate:
             per_group, run_record = metrics.summarise(self.evaluator.sums())
@@ -87,15 +93,16 @@ class Progress:
                 rec.update(ev)
             run_record = {"step": step, "group": None, **run_record}
             self.final_eval = (per_group, run_record)
+        if self.tokens_per_step:  # a language model's records: perplexities and tokens per second
+            for rec in [*records, *([run_record] if run_record else [])]:
+                metrics.add_token_metrics(rec, rate * self.tokens_per_step)
         for rec in records:
             self.sinks.write(rec)
         if run_record is not None:
             self.sinks.write(run_record)
-        now = time.perf_counter()
-        rate = (step - self._clock[1]) / max(now - self._clock[0], 1e-9)
-        self._clock = (now, step)
         line = format_progress(step, self.max_steps, records, rate)
         if run_record is not None:
-            line += f" | ensemble acc {run_record['ensemble/acc']:.4f}"
+            line += (f" | ensemble ppl {run_record['ensemble/ppl']:.2f}" if "ensemble/ppl" in run_record
+                     else f" | ensemble acc {run_record['ensemble/acc']:.4f}")
         log.info(line)
         return bool(stats[0, 6] > 0)

@@ -16,7 +16,7 @@ from codistill.components.data.pipeline import to_device
 from codistill.components.rng import derive_seed
 from codistill.distributed.sharding import ShardingPlan
 from codistill.distributed.topology import Topology
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.errors import ConfigError, ModelOutputError
 
 
@@ -35,7 +35,7 @@ def probe_classes(model: nn.Module, x: Any, y: torch.Tensor, device: torch.devic
     was_training = model.training
     model.eval()
     try:
-        output = model(to_device(x, device))
+        output = call(model, to_device(x, device))
     except Exception as e:  # a model may raise anything on inputs it cannot take
         raise ConfigError(f"{name} fails on a batch of the training set: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -17,9 +17,9 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import nn
 
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.engine.precision import teacher_autocast
-from codistill.distributed.sharding import local
+from codistill.distributed.sharding import local, unique_state
 
 
 class TeacherSource(Protocol):
@@ -44,11 +44,14 @@ class TeacherSource(Protocol):
 class StateFlattener:
     """Packs a module's parameters and buffers into one vector (one buffer = one collective) and back.
 
-    A sharded module (FSDP2) packs only this rank's shards: the local tensors of its DTensors.
+    A sharded module (FSDP2) packs only this rank's shards: the local tensors of its DTensors. A tied tensor (input
+    and output embeddings) is packed once, under its first name: loading it writes every tied use.
     """
 
     def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        self.entries = [(name, local(t).shape, local(t).numel()) for name, t in module.state_dict().items()]
+        unique = unique_state(module)
+        self.entries = [(name, local(t).shape, local(t).numel()) for name, t, _ in unique]
+        self.is_param = [is_param for _, _, is_param in unique]  # parameters, not buffers (the outer step's split)
         self.numel = sum(n for _, _, n in self.entries)
         self.dtype = dtype
 
@@ -143,7 +146,7 @@ class TeacherCopies:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
         with teacher_autocast(self.pool.dtype, self.pool.device):
-            return [as_logits(self.pool.forwards[p](x)) for p in self.ready]
+            return [as_logits(call(self.pool.forwards[p], x)) for p in self.ready]
 
     def staleness(self, step: int) -> Optional[int]:
         """Steps since the oldest copy was taken (None before the first exchange)."""

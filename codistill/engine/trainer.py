@@ -51,12 +51,15 @@ class LoopSettings:
     stop_check_every: int = 10
     log_grad_norm: bool = False  # optim.grad_clip is set: records carry train/grad_norm
     mode: str = "codistill"  # distill.mode, for the opening log line
+    tokens_per_step: int = 0  # a language model's: positions a group computes per step (records add ppl, tokens/s)
 
     @classmethod
-    def from_config(cls, trainer: TrainerConfig, distill: DistillConfig, optim: OptimConfig) -> "LoopSettings":
-        """From the `trainer`, `distill` and `optim` config sections."""
+    def from_config(cls, trainer: TrainerConfig, distill: DistillConfig, optim: OptimConfig, positions: int = 0
+                    ) -> "LoopSettings":
+        """From the `trainer`, `distill` and `optim` config sections; `positions`: labelled positions per example of
+        a sequence model (0 for one label per example)."""
         return cls(trainer.max_steps, trainer.log_every, trainer.eval_every, trainer.stop_check_every,
-                   optim.grad_clip is not None, distill.mode)
+                   optim.grad_clip is not None, distill.mode, trainer.batch_size * positions)
 
 
 class Trainer:
@@ -92,7 +95,7 @@ class Trainer:
         self.stop_flag = stop_flag or StopFlag([])
         self.preempted: Optional[Preempted] = None  # set when fit() stopped early for a signal
         self.progress = Progress(topo, workers, schedule, evaluator, sinks, loop.max_steps, loop.log_grad_norm,
-                                 start_step, checkpoints.kept)
+                                 start_step, checkpoints.kept, loop.tokens_per_step)
 
     @property
     def last_checkpoint(self) -> Optional[Path]:

@@ -41,12 +41,13 @@ Params = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class StepOptions:
     """The settings that decide whether groups can run stacked: trainer.precision, trainer.compile, distill.mode and
-    distill.exchange."""
+    distill.exchange, and whether the data gives dict batches (the students' probe batch)."""
 
     precision: str = "fp32"
     compile: bool = False
     mode: str = "codistill"
     exchange: str = "collective"
+    dict_batches: bool = False
 
 
 def unsupported_reason(topo: Topology, workers: dict[int, GroupWorker], options: StepOptions = StepOptions()
@@ -75,6 +76,8 @@ def unsupported_reason(topo: Topology, workers: dict[int, GroupWorker], options:
         return "the model has a recurrent layer (LSTM/GRU/RNN), for which torch.func's vmap has no batching rule"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in models[0].modules()):
         return "the model uses dropout, whose per-replica random streams the stacked step cannot reproduce"
+    if options.dict_batches:
+        return "the batches are dicts (model(**inputs)), which the stacked step does not map over"
     return None
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, ContextManager, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, ContextManager, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from codistill.distributed import sharding
 from codistill.distributed.topology import Topology
 from codistill.engine import weighting
 from codistill.engine.algorithm import LossParts, LossSpec, Schedule
-from codistill.engine.logits import as_logits
+from codistill.engine.logits import as_logits, call
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.precision import Precision
 from codistill.engine.replicas import ddp_buffer_semantics
@@ -148,7 +149,7 @@ class GroupWorker:
         """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
         with self.precision.autocast():
             teacher_logits = self.teachers.predict(x) if distilling else []
-            logits = as_logits(self.module(x))
+            logits = as_logits(call(self.module, x))
         return self.loss(logits.float(), [t.float() for t in teacher_logits], y)
 
     def _grad_sync(self, last: bool) -> ContextManager:
@@ -196,7 +197,7 @@ class GroupWorker:
     def predict_probs(self, x: Any) -> torch.Tensor:
         """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
         self.model.eval()
-        probs = torch.softmax(as_logits(self.model(to_device(x, self.device))).float(), -1).cpu()
+        probs = torch.softmax(as_logits(call(self.model, to_device(x, self.device))).float(), -1).cpu()
         if self.sharded:
             self.model.reshard()  # the root stays gathered after a forward without backward; free it
         return probs

@@ -8,6 +8,7 @@ Everything is computed as sums (`eval_sums`) so shards evaluated on different ra
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Optional
 
@@ -58,3 +59,13 @@ def summarise(sums: torch.Tensor) -> tuple[list[dict], dict]:
         run["churn/top1"] = sums[groups + 1, 0].item() / (n * pairs)
         run["churn/prob_l1"] = sums[groups + 1, 1].item() / (n * pairs)
     return per_group, run
+
+
+def add_token_metrics(record: dict, tokens_per_s: float) -> None:
+    """A language model's record: the perplexity of each loss per token, and the positions trained per second
+    (batch_size x sequence length x steps per second, padding included: the throughput a group computes)."""
+    for key in ("train/ce", "eval/loss", "ensemble/loss"):
+        if key in record:
+            record[key.split("/")[0] + "/ppl"] = math.exp(min(record[key], 700.0))
+    if record.get("group") is not None:
+        record["train/tokens_per_s"] = tokens_per_s

@@ -62,10 +62,13 @@ def format_progress(step: int, max_steps: int, per_group: list[dict], steps_per_
         text = f"g{rec['group']} loss {rec['train/loss']:.4f}"
         if rec.get("train/distill"):
             text += f" (distill {rec['train/distill']:.4f})"
-        if "eval/acc" in rec:
+        if "eval/ppl" in rec:
+            text += f" ppl {rec['eval/ppl']:.2f}"
+        elif "eval/acc" in rec:
             text += f" acc {rec['eval/acc']:.4f}"
         if rec.get("staleness", -1) >= 0:
             text += f" stale {rec['staleness']}"
         parts.append(text)
-    parts.append(f"{steps_per_s:.1f} steps/s")
+    tokens = per_group[0].get("train/tokens_per_s") if per_group else None
+    parts.append(f"{steps_per_s:.1f} steps/s" + (f" ({tokens:.0f} tokens/s per group)" if tokens else ""))
     return " | ".join(parts)

@@ -6,6 +6,7 @@ both the way the run built them (a user's components included, if importable her
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -19,8 +20,9 @@ from codistill.components import cohort, instantiate
 from codistill.io import checkpoint
 from codistill.errors import ConfigError
 from codistill.components.data.base import IndexedDataset
-from codistill.components.data.pipeline import DataFormatError, fetch, validation_indices
-from codistill.engine.logits import as_logits
+from codistill.components.data.labels import Labels, is_causal_lm
+from codistill.components.data.pipeline import DataFormatError, fetch, to_device, validation_indices
+from codistill.engine.logits import as_logits, call
 
 DATA_PRESETS = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -45,11 +47,18 @@ class HeldOut:
     name: str  # for tables: the dataset's import path
     dataset: Any
     collate: Any
+    labels_key: str = "labels"  # the run's data.labels_key and data.shift_labels (dict batches)
+    shift_labels: Optional[bool] = None
 
     def batches(self, examples: int, batch_size: int) -> Iterator[tuple[Any, torch.Tensor]]:
         n = min(examples or len(self.dataset), len(self.dataset))
         for i in range(0, n, batch_size):
-            yield fetch(self.dataset, range(i, min(i + batch_size, n)), self.collate)
+            yield fetch(self.dataset, range(i, min(i + batch_size, n)), self.collate, self.labels_key)
+
+    def align(self, x: Any, y: torch.Tensor, model: nn.Module, ignore_index: Optional[int]) -> torch.Tensor:
+        """The labels per scored position, as the run trained them (a causal LM's shift, padding ignored)."""
+        shift = self.shift_labels if self.shift_labels is not None else isinstance(x, Mapping) and is_causal_lm(model)
+        return Labels(0, ignore_index, shift).align(x, y)
 
 
 def read(path: Path) -> dict:
@@ -86,10 +95,11 @@ def held_out(data: dict, root: Optional[str] = None, preset: Optional[str] = Non
         collate = instantiate.optional_build(data.get("collate_fn"), "data.collate_fn")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    keys = data.get("labels_key", "labels"), data.get("shift_labels")
     if split == "validation":
         return HeldOut(f"{node.get('_target_')} (validation)",
-                       IndexedDataset(dataset, validation_indices(len(dataset), count)), collate)
-    return HeldOut(str(node.get("_target_")), dataset, collate)
+                       IndexedDataset(dataset, validation_indices(len(dataset), count)), collate, *keys)
+    return HeldOut(str(node.get("_target_")), dataset, collate, *keys)
 
 
 def rebuild(ckpt: dict) -> nn.Module:
@@ -124,21 +134,22 @@ def shift_logits(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
 
 def predict_probs(
     models: list[nn.Module], held: HeldOut, examples: int, batch_size: int, device: torch.device,
-    bias: Optional[dict[int, float]] = None,
+    bias: Optional[dict[int, float]] = None, ignore_index: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every model's predicted probabilities on the held-out set [M, N, ..., C] (CPU), and the labels [N, ...].
 
-    `bias`: per-class amounts added to the logits before the softmax (see shift_logits)."""
+    `bias`: per-class amounts added to the logits before the softmax (see shift_logits). `ignore_index`: the run's
+    loss.ignore_index, for labels a causal LM's shift or padding leaves unscored."""
     for m in models:
         m.to(device)
     probs: list[list[torch.Tensor]] = [[] for _ in models]
     labels = []
     try:
         for x, y in held.batches(examples, batch_size):
-            labels.append(y)
-            x = x.to(device) if isinstance(x, torch.Tensor) else x
+            labels.append(held.align(x, y, models[0], ignore_index))
+            x = to_device(x, device)
             for out, m in zip(probs, models):
-                logits = as_logits(m(x)).float()
+                logits = as_logits(call(m, x)).float()
                 out.append(torch.softmax(shift_logits(logits, bias) if bias else logits, -1).cpu())
     except DataFormatError as e:
         raise CheckpointError(str(e)) from None

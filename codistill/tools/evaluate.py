@@ -34,8 +34,9 @@ def evaluate(
     config = same_data([read(p)["config"] for p in paths], paths)
     held = held_out(config["data"], data_root, split=split)
     models = [load(p) for p in paths]
-    probs, y = predict_probs([m.model for m in models], held, examples, batch_size, torch.device(device), bias)
-    per_model, run = metrics.summarise(metrics.eval_sums(probs, y, config.get("loss", {}).get("ignore_index")))
+    ignore = config.get("loss", {}).get("ignore_index")
+    probs, y = predict_probs([m.model for m in models], held, examples, batch_size, torch.device(device), bias, ignore)
+    per_model, run = metrics.summarise(metrics.eval_sums(probs, y, ignore))
     rows = [
         {"path": str(m.path), "group": m.group, "step": m.step, **rec, "errors": errors_per_class(p, y)}
         for m, rec, p in zip(models, per_model, probs)

@@ -1,6 +1,6 @@
 """`codistill-plot RUN_DIR`: PNG plots of a run from its metrics.jsonl (the single source of a run's numbers).
 
-Writes RUN_DIR/plots/{loss,accuracy,distill,staleness,churn}.png; a plot whose numbers the run did not record
+Writes RUN_DIR/plots/{loss,accuracy,perplexity,distill,staleness,churn}.png; a plot whose numbers the run did not record
 (no evaluation, one group, no distillation) is skipped. Runs headless (matplotlib's Agg backend).
 """
 
@@ -91,6 +91,13 @@ def plot_run(run_dir: Path) -> list[Path]:
         _draw(ax, acc, "", "-", "o")
         _draw(ax, series(records, "ensemble/acc"), "", "--", "s")
         written.append(_save(fig, ax, out_dir / "accuracy.png"))
+    ppl = series(records, "eval/ppl")
+    if ppl:  # language models: the held-out loss per token as a perplexity
+        fig, ax = _figure("Held-out perplexity (exp of the loss per token)", "perplexity")
+        _draw(ax, ppl, "", "-", "o")
+        _draw(ax, series(records, "ensemble/ppl"), "", "--", "s")
+        ax.set_yscale("log")
+        written.append(_save(fig, ax, out_dir / "perplexity.png"))
     distill = series(records, "train/distill")
     if any(v for points in distill.values() for _, v in points):
         fig, ax = _figure("Training loss terms: label (CE) and distillation", "loss")

@@ -175,12 +175,13 @@ def bytes_per_step(run: Run, steps: int) -> float:
     from omegaconf import OmegaConf
 
     from codistill.engine.algorithm import Schedule
+    from codistill.engine.teachers import StateFlattener
     from codistill.tools import checkpoints
 
     ckpt = checkpoints.read(run.run_dir / "checkpoints" / "group0" / "final.pt")
     cfg = ckpt["config"]
     model = checkpoints.rebuild(ckpt)
-    state = sum(t.numel() for t in model.state_dict().values())
+    state = StateFlattener(model).numel  # what an exchange moves: a tied weight once
     params = sum(p.numel() for p in model.parameters())
     G, R, d = cfg["topology"]["groups"], cfg["topology"]["replicas"] or 1, cfg["distill"]
     schedule = Schedule.from_config(OmegaConf.create(d), G, cfg["trainer"]["max_steps"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from codistill.components.data.base import Batch, IndexedDataset
+from codistill.components.data.labels import Labels, split_labels
 from codistill.components.data.streams import GroupStream
 from codistill.components.rng import derive_seed
 from codistill.errors import DataFormatError
@@ -36,28 +38,50 @@ from codistill.errors import DataFormatError
 Collate = Callable[[list[Any]], Any]
 
 
-def fetch(dataset: Dataset, indices: Sequence[int], collate: Optional[Collate]) -> tuple[Any, torch.Tensor]:
-    """The (inputs, targets) batch of `indices`: a batched fetch when the dataset has one, else sample by sample."""
+def fetch(dataset: Dataset, indices: Sequence[int], collate: Optional[Collate],
+          labels_key: str = "labels") -> tuple[Any, torch.Tensor]:
+    """The (inputs, targets) batch of `indices`: a batched fetch when the dataset has one, else sample by sample.
+
+    Samples (or a collated batch) may be dicts, as Hugging Face datasets and collators give them: the targets are
+    the `labels_key` entry and the inputs every other entry (codistill/components/data/labels.py).
+    """
     getitems = getattr(dataset, "__getitems__", None)
     samples = getitems(list(indices)) if getitems is not None else [dataset[i] for i in indices]
     if isinstance(samples, Batch):
-        batch = tuple(samples)
+        batch: Any = tuple(samples)
     else:
         if not isinstance(samples, (list, tuple)) or not samples:
             raise DataFormatError(f"the dataset's batched fetch returned {type(samples).__name__}, not a list of samples")
         first = samples[0]
-        if collate is None and not (isinstance(first, (tuple, list)) and len(first) == 2):
+        if collate is None and not (isinstance(first, (tuple, list)) and len(first) == 2 or isinstance(first, Mapping)):
             raise DataFormatError(
-                f"a sample of the dataset is {_describe(first)}: samples must be (input, target) pairs "
-                "(or give data.collate_fn that turns samples into an (inputs, targets) batch)"
+                f"a sample of the dataset is {_describe(first)}: samples must be (input, target) pairs or dicts with "
+                f"{labels_key!r} (or give data.collate_fn that turns samples into an (inputs, targets) batch)"
             )
-        batch = (collate or default_collate)(samples)
+        batch = (collate or (collate_rows if isinstance(first, Mapping) else default_collate))(samples)
+    if isinstance(batch, Mapping):
+        batch = split_labels(batch, labels_key)
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise DataFormatError(f"a collated batch is {_describe(batch)}: it must be (inputs, targets)")
+        raise DataFormatError(f"a collated batch is {_describe(batch)}: it must be (inputs, targets) or a dict with "
+                              f"{labels_key!r}")
     x, y = batch
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise DataFormatError(f"targets must be integer class labels; a batch's targets are {_describe(y)}")
     return x, y.long()
+
+
+def collate_rows(rows: list[Mapping]) -> dict[str, torch.Tensor]:
+    """Dict rows (a Hugging Face dataset, with or without with_format("torch")) -> a dict batch of tensors."""
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        try:
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.as_tensor(values)
+        except (RuntimeError, ValueError, TypeError):
+            shapes = sorted({tuple(torch.as_tensor(v).shape) for v in values}, key=str)[:3]
+            raise DataFormatError(f"rows' {key!r} have different shapes ({shapes}): pad them to one length, or give "
+                                  "data.collate_fn (e.g. a transformers data collator)") from None
+    return batch
 
 
 def to_device(x: Any, device: torch.device) -> Any:
@@ -76,28 +100,9 @@ def _describe(obj: Any) -> str:
         return f"a {obj.dtype} tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, (tuple, list)):
         return f"a {type(obj).__name__} of {len(obj)}"
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return f"a dict with keys {sorted(map(str, obj))[:6]}"
     return f"a {type(obj).__name__}"
-
-
-@dataclass
-class Labels:
-    """What a label may be: a class in [0, num_classes), or `ignore_index` (padding)."""
-
-    num_classes: int
-    ignore_index: Optional[int] = None
-
-    def check(self, y: torch.Tensor, where: str) -> None:
-        bad = (y < 0) | (y >= self.num_classes)
-        if self.ignore_index is not None:
-            bad &= y != self.ignore_index
-        if bad.any():
-            value = int(y[bad][0])
-            raise DataFormatError(
-                f"{where} has label {value}, outside [0, {self.num_classes}) — the model predicts {self.num_classes} "
-                "classes" + ("" if self.ignore_index is None else f" (loss.ignore_index={self.ignore_index} is allowed)")
-            )
 
 
 class LabelNoise:
@@ -222,11 +227,12 @@ class TrainBatches(Dataset):
         if d.subset is not None:
             indices = d.subset[indices]
         with seeded(derive_seed(d.seed, "data", self.group, self.replica, step)):
-            x, y = fetch(d.dataset, indices.tolist(), d.collate)
+            x, y = fetch(d.dataset, indices.tolist(), d.collate, d.labels_key)
             if d.jitter:
                 x = jitter(x, d.jitter)
         if d.noise is not None:
             y = d.noise.apply(y, indices, d.labels.num_classes)
+        y = d.labels.align(x, y)
         d.labels.check(y, f"the training batch of group {self.group} replica {self.replica} at step {step}")
         return step, x, y
 
@@ -244,7 +250,8 @@ class EvalBatches(Dataset):
         return len(self.data.eval_dataset)
 
     def __getitems__(self, indices: list[int]) -> tuple[Any, torch.Tensor]:
-        x, y = fetch(self.data.eval_dataset, indices, self.data.collate)
+        x, y = fetch(self.data.eval_dataset, indices, self.data.collate, self.data.labels_key)
+        y = self.data.labels.align(x, y)
         self.data.labels.check(y, "the held-out set")
         return x, y
 
@@ -305,11 +312,13 @@ class TrainingData:
     jitter: int = 0
     labels: Optional[Labels] = None  # None until `with_labels`: the loaders need it
     options: LoaderOptions = dataclasses.field(default_factory=lambda: LoaderOptions())
+    labels_key: str = "labels"  # the labels' key in dict batches (data.labels_key)
 
     @classmethod
     def create(
         cls, dataset: Dataset, eval_dataset: Optional[Dataset], collate: Optional[Collate], seed: int,
         train_set: TrainSetOptions = TrainSetOptions(), options: Optional[LoaderOptions] = None,
+        labels_key: str = "labels",
     ) -> "TrainingData":
         """Check the datasets' sizes and one sample of each; raise DataFormatError with one line on a problem.
 
@@ -325,10 +334,11 @@ class TrainingData:
             if len(ds) == 0:
                 raise DataFormatError(f"{name} is empty")
             with seeded(derive_seed(seed, "check")):  # a dataset's augmentation must not draw from our generators
-                fetch(ds, [0], collate)  # samples are (input, target) pairs with integer targets
+                fetch(ds, [0], collate, labels_key)  # (input, target) pairs or dicts, with integer targets
         subset = train_set.training_indices(dataset, collate, seed)
         noise = LabelNoise(train_set.label_noise, len(dataset), seed) if train_set.label_noise > 0 else None
-        return cls(dataset, eval_dataset, collate, seed, subset, noise, train_set.jitter, options=options or LoaderOptions())
+        return cls(dataset, eval_dataset, collate, seed, subset, noise, train_set.jitter,
+                   options=options or LoaderOptions(), labels_key=labels_key)
 
     def with_labels(self, labels: Labels) -> "TrainingData":
         """This data with the models' label range: what the loaders check every batch against."""
@@ -367,7 +377,7 @@ class TrainingData:
     def probe(self) -> tuple[Any, torch.Tensor]:
         """Two training examples (a batch of the model's input type), to check a model's output against the labels."""
         with seeded(derive_seed(self.seed, "check")):
-            return fetch(self.dataset, [0, 1] if len(self.dataset) > 1 else [0], self.collate)
+            return fetch(self.dataset, [0, 1] if len(self.dataset) > 1 else [0], self.collate, self.labels_key)
 
     def train_loader(self, stream: GroupStream, group: int, replica: int, start: int, stop: int) -> DataLoader:
         if self.labels is None:
