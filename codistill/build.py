@@ -47,7 +47,7 @@ from codistill.engine.evaluation import Evaluator
 from codistill.engine.kd import load_teacher
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.outer import OuterStep
-from codistill.engine.precision import PRECISIONS, TEACHER_DTYPES, Precision
+from codistill.engine.precision import PRECISIONS, TEACHER_DTYPES, Precision, bf16_cpu_warning
 from codistill.engine.students import build_student, check_classes
 from codistill.engine.teachers import TeacherCopies, TeacherPool
 from codistill.engine.trainer import LoopSettings, Trainer
@@ -148,6 +148,10 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         torch.use_deterministic_algorithms(True, warn_only=True)
     record = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and wandb runs
     schedule = Schedule.from_config(d, topo.groups, tr.max_steps)
+    record["distill"]["burn_in_steps"] = schedule.burn_in_steps  # recorded resolved: a resume keeps it
+    slow = bf16_cpu_warning(tr.precision == "bf16" or d.teacher_dtype == "bfloat16", topo.device)
+    if slow and topo.is_main:
+        log.warning(slow)
 
     def build(group: int) -> torch.nn.Module:
         return components.models[group]()
@@ -177,6 +181,8 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         if cfg.data.shift_labels is None:  # the engine chose the convention: refuse labels that contradict it
             data.labels.check_alignment(x, y, "data.train")
         data.check_labels(data.labels.align(x, y))
+        size = len(data.eval_dataset)
+        data.check_held_out(min(cfg.data.eval_examples or size, size), topo.replicas)
     except DataFormatError as e:
         raise ConfigError(str(e)) from None
 

@@ -120,6 +120,9 @@ class TopologyConfig:
     replicas: Optional[int] = None  # R: data-parallel ranks per group; None = 1 simulated, WORLD_SIZE / G torchrun
     device: str = "auto"  # auto | cpu | cuda
     timeout_s: float = 60.0  # process-group timeout: a dead rank ends the job within this bound
+    # the slowest rate (MB/s) assumed for rank-local reading, writing and hashing (checkpoints, snapshots) that other
+    # ranks wait for before a collective: such work on B bytes may take timeout_s + B / this before the job gives up
+    io_bandwidth_mb_s: float = 50.0
     vectorize: bool = False  # simulated mode: step same-architecture groups as one stacked model (torch.func)
     # Run only group g in this job (world = R), as one of G separate jobs sharing distill.exchange_dir;
     # None = this job runs all G groups. Needs distill.exchange=filesystem.
@@ -156,6 +159,9 @@ class TrainerConfig:
     checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
     checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)
     resume: str = "auto"  # auto: newest complete checkpoint of the run dir, if any | never | <checkpoint path>
+    # keys a resume may change although they fix the trajectory (seed, trainer.batch_size, distill.burn_in_steps, ...;
+    # codistill/io/trajectory.py): a resume that changes any other is refused with one line
+    resume_allow_changes: list[str] = field(default_factory=list)
     # fp32 (exact reference) | bf16 (autocast; this CPU's AMX, GPUs' tensor cores) | fp16 (autocast + GradScaler, CUDA)
     precision: str = "fp32"
     # Micro-batches per replica per optimizer step: each replica's share of trainer.batch_size is split in N (DDP
@@ -284,6 +290,7 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(top.groups >= 1, f"topology.groups={top.groups} must be >= 1")
     _check(top.replicas is None or top.replicas >= 1, f"topology.replicas={top.replicas} must be >= 1")
     _check(top.timeout_s > 0, f"topology.timeout_s={top.timeout_s} must be > 0")
+    _check(top.io_bandwidth_mb_s > 0, f"topology.io_bandwidth_mb_s={top.io_bandwidth_mb_s} must be > 0")
     _check(dist.temperature > 0, f"distill.temperature={dist.temperature} must be > 0")
     _check(dist.alpha >= 0, f"distill.alpha={dist.alpha} must be >= 0")
     _check(

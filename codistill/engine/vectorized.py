@@ -25,13 +25,14 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
 
-from codistill.engine import fused_head
+from codistill.engine import fused_head, weighting
 from codistill.engine.chunked import Head, Prediction
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.distributed.topology import Topology
-from codistill.engine.worker import GroupWorker
+from codistill.engine.worker import GroupWorker, split_batch
 
 log = logging.getLogger("codistill")
 
@@ -131,17 +132,23 @@ class VectorizedGroups:
         w0, G = self.workers[0], len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
         sums = torch.zeros(G, 4, device=w0.device)
+        ignore = w0.loss.ignore_index
+        stacked = {}
         for r in w0.local_replicas:
             batches = [w._batch(step, r) for w in self.workers]
-            x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+            stacked[r] = tree_map(lambda *t: torch.stack(t), *[b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        total = None if ignore is None else weighting.step_total([y for _, y in stacked.values()], ignore, groups=G)
+        for r in w0.local_replicas:
+            x, y = stacked[r]
+            for xm, ym in zip(split_batch(x, w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+                share = weighting.weight(ym, ignore, total, 1.0 / (len(w0.local_replicas) * w0.accum), groups=G)
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
                     logits = self._predict(self.params, xm)
                 parts = w0.loss(logits, teacher_logits, ym, groups=G)
-                (parts.total.sum() * w0.grad_scale).backward()
-                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
-                    len(w0.local_replicas) * w0.accum)
+                (parts.total * share).sum().backward()
+                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) * (
+                    share[:, None] if isinstance(share, torch.Tensor) else share)
         if w0.grad_clip is not None:
             sums[:, 3] = clip_stacked(list(self.params.values()), w0.grad_clip)
         self.optimizer.step()

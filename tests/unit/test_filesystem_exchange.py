@@ -22,7 +22,7 @@ def group_job(tmp_path: Path, g: int, *extra: str):
 
 def publish(trainer, step: int) -> None:
     trainer._exchange(step)
-    trainer.exchange.writer.flush()
+    trainer.exchange.writer.flush(60)
 
 
 def test_groups_in_separate_jobs_read_each_others_snapshots(tmp_path: Path) -> None:
@@ -100,5 +100,5 @@ def test_a_failed_write_is_reported_and_leaves_no_loadable_file(tmp_path: Path) 
     (tmp_path / "ex" / "group0").write_text("not a directory")  # the writer cannot create its folder
     a.exchange.exchange(1, {0: a.workers[0].flat_state()})
     with pytest.raises(ExchangeWriteError, match="could not publish a snapshot"):
-        a.exchange.writer.flush()
+        a.exchange.writer.flush(60)
     assert not list((tmp_path / "ex").rglob("*.pt"))
