@@ -7,6 +7,8 @@ runs it in one process (simulated workers) or under torchrun.
 
 __version__ = "0.1.0"
 
+from codistill import runtime  # noqa: E402,F401  first: it records the parent this process started under
+
 from codistill import _legacy_paths
 
 _legacy_paths.install()

@@ -39,7 +39,7 @@ from codistill.distributed.exchange.filesystem import claim, exchange_root
 from codistill.distributed.preemption import StopFlag
 from codistill.distributed.sharding import ShardingPlan
 from codistill.distributed.topology import Topology
-from codistill.engine import vectorized
+from codistill.engine import fused_head, vectorized
 from codistill.engine.algorithm import LossSpec, Schedule
 from codistill.engine.checkpointing import Checkpointer
 from codistill.engine.evaluation import Evaluator
@@ -47,7 +47,7 @@ from codistill.engine.exchanging import ExchangeRunner
 from codistill.engine.kd import load_teacher
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.outer import OuterStep
-from codistill.engine.precision import PRECISIONS, TEACHER_DTYPES, Precision
+from codistill.engine.precision import PRECISIONS, TEACHER_DTYPES, Precision, bf16_cpu_warning
 from codistill.engine.students import build_student, check_classes
 from codistill.engine.teachers import TeacherCopies, TeacherPool
 from codistill.engine.trainer import LoopSettings, Trainer
@@ -140,6 +140,10 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         torch.use_deterministic_algorithms(True, warn_only=True)
     record = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and wandb runs
     schedule = Schedule.from_config(d, topo.groups, tr.max_steps)
+    record["distill"]["burn_in_steps"] = schedule.burn_in_steps  # recorded resolved: a resume keeps it
+    slow = bf16_cpu_warning(tr.precision == "bf16" or d.teacher_dtype == "bfloat16", topo.device)
+    if slow and topo.is_main:
+        log.warning(slow)
 
     def build(group: int) -> torch.nn.Module:
         return components.models[group]()
@@ -163,12 +167,16 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         if cfg.data.shift_labels is None:  # the engine chose the convention: refuse labels that contradict it
             data.labels.check_alignment(x, y, "data.train")
         data.check_labels(data.labels.align(x, y))
+        size = len(data.eval_dataset)
+        data.check_held_out(min(cfg.data.eval_examples or size, size), topo.replicas)
     except DataFormatError as e:
         raise ConfigError(str(e)) from None
 
     loss, optimizer = LossSpec.from_config(d, cfg.loss), OptimizerFactory(cfg.optim, tr.max_steps)
     workers = {}
     for g in topo.local_groups:
+        # the output layer fused into the chunked loss (loss.output_layer); one line per process says if not
+        head = fused_head.resolve(students[g], cfg.loss.output_layer, report=g == min(topo.local_groups))
         peers = [p for p in range(topo.groups) if p != g] if schedule.enabled else []
         stream = GroupStream(data.num_examples, g, topo.groups, topo.replicas, tr.batch_size, cfg.seed,
                              cfg.data.partition)
@@ -178,7 +186,7 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
             copies, loss, Precision(tr.precision, topo.device), optimizer,
             ReplicaRNG(cfg.seed, g, topo.local_replicas, topo.device, students[g]),
             grad_accum=tr.grad_accum, compile=tr.compile,
-            state_dtype=pool.dtype if schedule.enabled else torch.float32, sharded=plan is not None,
+            state_dtype=pool.dtype if schedule.enabled else torch.float32, sharded=plan is not None, head=head,
         )
     log.info("teacher copies in this process: %d", len(pool.models))
     for g, model in pool.models.items():
@@ -200,7 +208,7 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         exchange.load_state_dict(in_flight)
     sinks = open_sinks(cfg.logger, cfg.run_name, tr.max_steps, topo, run_dir, record)  # metrics.jsonl, bar, wandb
     evaluator = Evaluator(workers, data, topo, cfg.data.eval_examples, cfg.data.eval_batch_size, cfg.loss.ignore_index,
-                          sharded=plan is not None)
+                          sharded=plan is not None, chunk_tokens=cfg.loss.chunk_tokens)
     positions = y[0].numel() if y.dim() >= 2 else 0  # labelled positions per example of a sequence model
     return Trainer(LoopSettings.from_config(tr, d, cfg.optim, positions), topo, run_dir, workers, schedule, exchange, evaluator,
                    checkpoints, sinks, data=data, num_classes=num_classes, start_step=start_step, vectorized=stacked,

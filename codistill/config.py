@@ -60,6 +60,13 @@ class DataConfig:
 @dataclass
 class LossConfig:
     ignore_index: Optional[int] = None  # a label value (padding) ignored by the label loss, the distillation term and metrics
+    # Tokens per chunk of the loss (label CE + distillation term, in float32 one chunk at a time, same loss and
+    # gradients): null = 1024 when the output has >= 8192 classes, else unchunked; 0 = unchunked
+    chunk_tokens: Optional[int] = None
+    # The output layer fused into the chunked loss (forwards stop at the hidden states; full logits never exist):
+    # null = not fused; auto = a Hugging Face model's get_output_embeddings(); else a module path (e.g. lm_head).
+    # Must be a plain nn.Linear whose output is the model's output; otherwise a logged line and no fusion.
+    output_layer: Optional[str] = None
 
 
 @dataclass
@@ -122,6 +129,9 @@ class TopologyConfig:
     replicas: Optional[int] = None  # R: data-parallel ranks per group; None = 1 simulated, WORLD_SIZE / G torchrun
     device: str = "auto"  # auto | cpu | cuda
     timeout_s: float = 60.0  # process-group timeout: a dead rank ends the job within this bound
+    # the slowest rate (MB/s) assumed for rank-local reading, writing and hashing (checkpoints, snapshots) that other
+    # ranks wait for before a collective: such work on B bytes may take timeout_s + B / this before the job gives up
+    io_bandwidth_mb_s: float = 50.0
     vectorize: bool = False  # simulated mode: step same-architecture groups as one stacked model (torch.func)
     # Run only group g in this job (world = R), as one of G separate jobs sharing distill.exchange_dir;
     # None = this job runs all G groups. Needs distill.exchange=filesystem.
@@ -158,6 +168,9 @@ class TrainerConfig:
     checkpoint_every: int = 0  # full training checkpoint every N steps (and always at the end); 0 = end only
     checkpoint_keep: int = 2  # newest checkpoints kept in <run dir>/checkpoints (older ones are pruned)
     resume: str = "auto"  # auto: newest complete checkpoint of the run dir, if any | never | <checkpoint path>
+    # keys a resume may change although they fix the trajectory (seed, trainer.batch_size, distill.burn_in_steps, ...;
+    # codistill/io/trajectory.py): a resume that changes any other is refused with one line
+    resume_allow_changes: list[str] = field(default_factory=list)
     # fp32 (exact reference) | bf16 (autocast; this CPU's AMX, GPUs' tensor cores) | fp16 (autocast + GradScaler, CUDA)
     precision: str = "fp32"
     # Micro-batches per replica per optimizer step: each replica's share of trainer.batch_size is split in N (DDP
@@ -305,6 +318,7 @@ def validate(cfg: Any, replicas: int) -> None:
     _check(top.groups >= 1, f"topology.groups={top.groups} must be >= 1")
     _check(top.replicas is None or top.replicas >= 1, f"topology.replicas={top.replicas} must be >= 1")
     _check(top.timeout_s > 0, f"topology.timeout_s={top.timeout_s} must be > 0")
+    _check(top.io_bandwidth_mb_s > 0, f"topology.io_bandwidth_mb_s={top.io_bandwidth_mb_s} must be > 0")
     _check(dist.temperature > 0, f"distill.temperature={dist.temperature} must be > 0")
     _check(dist.alpha >= 0, f"distill.alpha={dist.alpha} must be >= 0")
     _check(
@@ -312,6 +326,8 @@ def validate(cfg: Any, replicas: int) -> None:
         f"distill.shard_exchange=true needs distill.exchange=collective (got {dist.exchange})",
     )
     _check(dist.exchange_every >= 1, f"distill.exchange_every={dist.exchange_every} must be >= 1")
+    _check(cfg.loss.chunk_tokens is None or cfg.loss.chunk_tokens >= 0,
+           f"loss.chunk_tokens={cfg.loss.chunk_tokens} must be >= 0 (0 = unchunked, null = automatic)")
     _check(
         dist.burn_in_steps is None or dist.burn_in_steps >= 0,
         f"distill.burn_in_steps={dist.burn_in_steps} must be >= 0 (or null: 10% of trainer.max_steps)",

@@ -49,7 +49,21 @@ class NonFiniteLossError(RuntimeError):
 
 
 class RunError(RuntimeError):
-    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do."""
+    """A run that stopped: bad input, a non-finite loss, a full disk. Its message is one line that says what to do.
+
+    `printed`: the line is already on stderr (a failed torchrun rank prints it before it may be signalled)."""
+
+    def __init__(self, message: str, printed: bool = False) -> None:
+        super().__init__(message)
+        self.printed = printed
+
+
+class LocalWorkTimeout(RuntimeError):
+    """Some rank did not finish its rank-local work within the budget its bytes allow. One line."""
+
+
+class PeerFailed(RuntimeError):
+    """Another rank recorded a failure while this one waited for it (the first failure names it)."""
 
 
 class Preempted(Exception):

@@ -32,12 +32,14 @@ from codistill.components.registry import Components
 from codistill.config import installed, register_configs, validate
 from codistill.distributed import sharding
 from codistill.distributed.exchange import filesystem
+from codistill.distributed.failure import log_traceback
 from codistill.distributed.preemption import EXIT_PREEMPTED, StopFlag, parse_signals
 from codistill.distributed.topology import Topology, launched_by_torchrun, resolve_layout
 from codistill.errors import (  # noqa: F401  (RunError re-exported: `from codistill.train import RunError`)
-    ConfigError, DataFormatError, NonFiniteLossError, Preempted, RunError, StartupError, StorageError,
+    ConfigError, DataFormatError, LocalWorkTimeout, NonFiniteLossError, Preempted, RunError, StartupError, StorageError,
 )
-from codistill.io import checkpoint
+from codistill.io import checkpoint, trajectory
+from codistill.runtime import torch_problem
 from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
 
@@ -71,6 +73,21 @@ def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F82
     sys.exit(2)
 
 
+KNOWN = (NonFiniteLossError, ConfigError, StorageError, StartupError, DataFormatError, LocalWorkTimeout)
+
+
+def one_line(e: BaseException) -> str:
+    """What a failed run prints: the message of the errors that say what to do, else the error's type and first line."""
+    if isinstance(e, DataFormatError):  # a bad sample met mid-run (in this rank's batch only)
+        return DataFormatError.line(e)
+    if isinstance(e, KNOWN):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, dist.DistError) or any(word in first for word in ("gloo", "NCCL", "Connection closed")):
+        return f"a collective failed: a peer rank died or stopped answering ({first[:200]})"
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = None) -> dict | None:
     """Validate, build the components (from config unless given), start the topology, train, shut down.
 
@@ -78,6 +95,8 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
     Preempted when a signal of trainer.preempt_signals stopped it early (after a checkpoint every rank agreed on).
     """
     try:
+        if problem := torch_problem():
+            raise ConfigError(problem)
         layout = resolve_layout(cfg.topology)
         validate(cfg, layout.replicas)
         if components is None:
@@ -90,7 +109,11 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
             )
         sharding.block_classes(cfg.topology.fsdp_blocks)  # topology.fsdp_blocks import (matched to modules later)
         # output dir writable; the resume checkpoint fits this run
-        checkpoint.preflight(run_dir, layout, cfg.trainer.resume, cfg.topology.strategy, cfg.distill.mode)
+        resume = checkpoint.preflight(run_dir, layout, cfg.trainer.resume, cfg.topology.strategy, cfg.distill.mode)
+        if resume is not None:  # it keeps its burn-in and refuses drift (seed, batch, schedule, data, model)
+            recorded = trajectory.written(resume, checkpoint.MANIFEST)
+            trajectory.adopt_burn_in(cfg.distill, recorded)
+            trajectory.check(OmegaConf.to_container(cfg, resolve=True), cfg.trainer.resume_allow_changes, recorded, resume)
         if cfg.distill.exchange == "filesystem":
             filesystem.claim(*exchange_directory(cfg, run_dir), cfg.topology.timeout_s)  # usable, not another run's
     except ConfigError as e:
@@ -98,7 +121,7 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
     setup_logging(run_dir, layout.rank, console=layout.rank == 0)
     with StopFlag(parse_signals(cfg.trainer.preempt_signals)) as stop_flag:
         try:
-            topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s)
+            topo = Topology.start(layout, cfg.topology.device, cfg.topology.timeout_s, cfg.topology.io_bandwidth_mb_s)
         except StartupError as e:
             raise RunError(str(e)) from None
         trainer, clean, error = None, False, None
@@ -109,20 +132,20 @@ def train(cfg: DictConfig, run_dir: Path, components: Optional[Components] = Non
             clean = True
             preempted = trainer.preempted
             result = {"per_group": trainer.final_eval[0], "run": trainer.final_eval[1]} if trainer.final_eval else None
-        except (NonFiniteLossError, ConfigError) as e:
-            clean = True  # every rank raises these at the same point, so the ranks can still agree to stop
-            error = str(e)
-        except (StorageError, StartupError) as e:  # one process's disk failed, or a rank is gone: no barrier
-            error = str(e)
-        except DataFormatError as e:  # a bad sample met mid-run (in this rank's batch only)
-            error = DataFormatError.line(e)
+        except Exception as e:  # any rank, any phase: the job's first failure ends every rank with one line
+            if topo.failures is None and not isinstance(e, KNOWN):
+                raise  # simulated mode: an unexpected error keeps its traceback
+            log_traceback(e)
+            error = topo.fail(one_line(e), e)
         finally:
             if trainer is not None:
                 trainer.close()  # flushes the filesystem exchange's pending snapshot
             del trainer
             topo.shutdown(clean)
+            if error is not None:
+                topo.linger()  # rank 0 keeps the store up until every rank has printed the failure
     if error is not None:
-        raise RunError(error)
+        raise RunError(error, printed=topo.failures is not None)
     if preempted is not None:
         raise preempted
     if topo.is_main and cfg.logger.plots:
@@ -136,6 +159,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     try:
         return train(cfg, run_dir)
     except RunError as e:
+        if e.printed:
+            sys.exit(2)
         fail(str(e))
     except Preempted as e:
         print(f"codistill: preempted: {e}", file=sys.stderr, flush=True)

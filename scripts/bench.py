@@ -5,6 +5,7 @@
     python scripts/bench.py --data-workers 0,1,2                 # data rows: 0, 1, 2 loader workers ('' = skip them)
     torchrun --standalone --nproc-per-node=4 scripts/bench.py --groups 2    # 2 x 2 ranks, real gloo collectives
     python scripts/bench.py --threads 1 --data-workers '' --hardware --memory    # + bf16 / compile / memory sections
+    python scripts/bench.py --vocab                              # output layer + loss at V = 32k, 128k (bench_vocab.py)
 
 It drives the real engine: two Trainers built from the same config, one with distill.mode=none (plain: DDP inside a
 group) and one codistilling with loaded teacher copies, and times, interleaved so machine noise hits all alike:
@@ -905,6 +906,11 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
+    if "--vocab" in argv:  # the output layer + loss at large vocabularies: scripts/bench_vocab.py
+        import bench_vocab
+
+        bench_vocab.main([arg for arg in argv if arg != "--vocab"])
+        return
     a = parse_args(argv)
     if a.memory_child is not None:  # one memory measurement, in a process of its own
         print(json.dumps(memory_child(a, json.loads(a.memory_child))))

@@ -138,3 +138,58 @@ class TinyTransformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(self.ln(h).mean(1))
+
+
+class FailsOnRank(nn.Module):
+    """A linear model that raises on one torchrun rank: in training at a given step, or in evaluation (eval mode).
+
+    Stands for any error of one rank alone (a user's model, a bad sample, a local disk)."""
+
+    def __init__(self, features: int, classes: int, rank: int, when: str, step: int = 3) -> None:
+        super().__init__()
+        self.linear, self.rank, self.when, self.step, self.calls = nn.Linear(features, classes), rank, when, step, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        here = int(os.environ.get("RANK", "-1")) == self.rank
+        if self.training:
+            self.calls += 1
+        if here and ((self.when == "train" and self.training and self.calls > self.step)
+                     or (self.when == "eval" and not self.training and self.calls > 1)):
+            raise RuntimeError(f"injected failure in {self.when}")
+        return self.linear(x.flatten(1))
+
+
+class PaddedSequences(Dataset):
+    """Token sequences of seeded random lengths, padded to `length`: inputs {"ids": [length]} (a dict, as Hugging
+    Face batches are), labels the next token with -100 at padded positions. Lengths differ from sample to sample,
+    so micro-batches and replicas hold different numbers of labelled positions."""
+
+    def __init__(self, split: str = "train", examples: int = 256, length: int = 12, vocab: int = 11) -> None:
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        self.ids = torch.randint(1, vocab, (examples, length + 1), generator=g)
+        self.lengths = torch.randint(1, length + 1, (examples,), generator=g)
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        n, ids = int(self.lengths[i]), self.ids[i]
+        x = torch.where(torch.arange(self.length) < n, ids[:-1], 0)
+        y = torch.where(torch.arange(self.length) < n, ids[1:], -100)
+        return {"ids": x}, y
+
+
+class TokenNet(nn.Module):
+    """Embeddings, a causal running mean over positions, a linear head: [B, L] ids in a dict -> [B, L, vocab]."""
+
+    def __init__(self, vocab: int, dim: int = 16) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.embed(x["ids"])
+        h = h.cumsum(1) / torch.arange(1, h.shape[1] + 1, device=h.device)[:, None]
+        return self.head(torch.tanh(h))

@@ -11,6 +11,7 @@ process groups at all. Everything is validated from the environment before any p
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -19,12 +20,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Mapping, Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 
+from codistill.distributed.failure import FailureBoard, board
+from codistill.distributed.local_work import local_work
 from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
+from codistill.runtime import PARENT_PID_AT_START
 
 if TYPE_CHECKING:
     from codistill.config import TopologyConfig
@@ -36,12 +40,14 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HINTS = {"run directory": "pass the same hydra.run.dir to every node, or the same torchrun --rdzv-id"}
 
 
-def die_with_launcher() -> None:
+def die_with_launcher(launcher: int = PARENT_PID_AT_START) -> None:
     """Ask the kernel to SIGKILL this worker when its torchrun agent dies (Linux only).
 
     torchrun starts each worker in a session of its own, so killing the agent (a scheduler's SIGKILL, an OOM kill)
     would otherwise leave the workers running as orphans: a "dead" group would keep training and publishing
-    snapshots. PR_SET_PDEATHSIG ties the worker's life to the agent's.
+    snapshots. PR_SET_PDEATHSIG ties the worker's life to the agent's. An agent that died before the request took
+    effect shows as a parent other than the one seen at start (the worker was re-parented to init or a
+    subreaper), not as a parent of PID 1: in a container or a Kubernetes pod torchrun itself is PID 1.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -50,10 +56,11 @@ def die_with_launcher() -> None:
 
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    launcher = os.getppid()
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
-    elif launcher == 1 or not _alive(launcher):  # the agent died before the request took effect
+    elif os.getppid() != launcher or not _alive(launcher):  # the agent died before the request took effect
+        print(f"codistill: error: the launcher of this worker (pid {launcher}) died before it started",
+              file=sys.stderr, flush=True)
         os._exit(1)
 
 
@@ -202,12 +209,17 @@ class Topology:
     device: torch.device
     mesh: Optional[Any] = None
     _owns_process_group: bool = field(default=False, repr=False)
+    failures: Optional[FailureBoard] = field(default=None, repr=False)  # None in simulated mode
+    timeout_s: float = 60.0  # topology.timeout_s: the bound of every collective
+    io_bandwidth_mb_s: float = 50.0  # topology.io_bandwidth_mb_s: rank-local work may take timeout_s + bytes / this
+    _work_seq: int = field(default=0, repr=False)
 
     @classmethod
-    def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0) -> "Topology":
+    def start(cls, layout: Layout, device: str = "auto", timeout_s: float = 60.0, io_bandwidth_mb_s: float = 50.0
+              ) -> "Topology":
         dev = pick_device(device, layout.local_rank)
         if layout.mode == "simulated":
-            return cls(layout, dev)
+            return cls(layout, dev, timeout_s=timeout_s, io_bandwidth_mb_s=io_bandwidth_mb_s)
         die_with_launcher()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
@@ -232,12 +244,14 @@ class Topology:
             shape = (len(layout.job_groups), layout.replicas)  # (1, R) when this job runs one group of a separate-jobs run
             mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("group", "replica"),
                                     backend_override={"group": (backend, options), "replica": (backend, options)})
+            store = store or dist.distributed_c10d._get_default_store()  # outlives the process groups
         except (RuntimeError, dist.DistError) as e:  # DistStoreError, gloo's connect errors, a timed-out wait
             if dist.is_initialized():
                 dist.destroy_process_group()
             raise StartupError(f"the {layout.world_size} ranks did not all start within topology.timeout_s={timeout_s:g} "
                                f"(rank {layout.rank}: {_first_line(e)}): a rank failed or never arrived") from None
-        return cls(layout, dev, mesh, _owns_process_group=True)
+        return cls(layout, dev, mesh, _owns_process_group=True, failures=board(store, layout, timeout_s),
+                   timeout_s=timeout_s, io_bandwidth_mb_s=io_bandwidth_mb_s)
 
     # --- what this process runs -------------------------------------------------------------------------------
     @property
@@ -320,6 +334,39 @@ class Topology:
         if self.mesh is not None:
             dist.barrier()
 
+    def io_budget(self, nbytes: int) -> float:
+        """Seconds rank-local work on `nbytes` may take: topology.timeout_s + nbytes / topology.io_bandwidth_mb_s."""
+        return self.timeout_s + nbytes / (self.io_bandwidth_mb_s * 1e6)
+
+    def local_work(self, what: str, nbytes: int) -> ContextManager[None]:
+        """Wrap this rank's part of rank-local work that every rank of the job reaches before a collective: the
+        ranks then wait for each other through the store, within io_budget of the bytes all of them announced
+        (codistill/distributed/local_work.py), not inside the collective. Nothing to wait for in simulated mode."""
+        if self.failures is None:
+            return contextlib.nullcontext()
+        self._work_seq += 1
+        return local_work(self.failures.store, f"codistill/work/{self._work_seq}", self.layout.world_size, nbytes,
+                          self.timeout_s, self.io_bandwidth_mb_s, what)
+
+    def fail(self, line: str, error: BaseException) -> str:
+        """This rank failed: record it (unless a peer failed first), print the job's first failure (naming its
+        rank) and tear the process groups down at once, so peers waiting for this rank fail now rather than after
+        topology.timeout_s. Returns that line (under torchrun already printed)."""
+        if self.failures is None:
+            return line
+        first = self.failures.first_failure(line, error)
+        # printed before anything else can go wrong (tearing the groups down, the agent's SIGTERM once a peer has
+        # exited): every rank gets its line out; the store's host (rank 0) then waits for every rank's line
+        print(f"codistill: error: {first}", file=sys.stderr, flush=True)
+        self.failures.acknowledge()
+        self.shutdown(clean=False)
+        return first
+
+    def linger(self) -> None:
+        """After a failure, global rank 0 (the store's host) waits until every rank has read the record."""
+        if self.failures is not None and self.is_main:
+            self.failures.wait_for_readers()
+
     def shutdown(self, clean: bool = True) -> None:
         """Tear the process groups down in an order that cannot abort the process.
 
@@ -333,6 +380,8 @@ class Topology:
             if clean:
                 dist.barrier()
             self.mesh = None
+            if clean:  # no failure to report: the store (and its threads) can go with the process groups
+                self.failures = None
             dist.destroy_process_group()
             self._owns_process_group = False
             gc.collect()  # join the backend's threads now, not during interpreter shutdown

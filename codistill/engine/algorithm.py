@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from codistill.config import OUTER_MODES
+from codistill.engine.chunked import Prediction, chunk_size, chunked_loss, vocab_of
 from codistill.engine.losses import distill_loss
 
 if TYPE_CHECKING:
@@ -97,16 +98,26 @@ class LossSpec:
     psi: str = "kl"
     aggregate: str = "mean_probs"
     ignore_index: Optional[int] = None
+    chunk_tokens: Optional[int] = None  # loss.chunk_tokens (codistill/engine/chunked.py)
 
     @classmethod
     def from_config(cls, distill: DistillConfig, loss: LossConfig) -> "LossSpec":
         """From the `distill` and `loss` config sections."""
-        return cls(distill.alpha, distill.temperature, distill.psi, distill.aggregate, loss.ignore_index)
+        return cls(distill.alpha, distill.temperature, distill.psi, distill.aggregate, loss.ignore_index,
+                   loss.chunk_tokens)
 
-    def __call__(self, logits: torch.Tensor, teacher_logits: list[torch.Tensor], y: torch.Tensor, groups: int = 0
+    def __call__(self, student: Prediction, teachers: list[Prediction], y: torch.Tensor, groups: int = 0
                  ) -> LossParts:
-        return loss_from_logits(logits, teacher_logits, y, self.alpha, self.temperature, self.psi, self.aggregate,
-                                groups=groups, ignore_index=self.ignore_index)
+        """The loss of the student's prediction (logits, or hidden states and a fused head) against the teachers'.
+
+        Chunked (codistill/engine/chunked.py) when the head is fused or loss.chunk_tokens asks for chunks; else
+        loss_from_logits on float32 logits.
+        """
+        chunk = chunk_size(self.chunk_tokens, vocab_of(student))
+        if chunk or isinstance(student, tuple):
+            return LossParts(*chunked_loss(student, teachers, y, self, chunk, groups=groups))
+        return loss_from_logits(student.float(), [t.float() for t in teachers], y, self.alpha, self.temperature,
+                                self.psi, self.aggregate, groups=groups, ignore_index=self.ignore_index)
 
 
 def loss_from_logits(

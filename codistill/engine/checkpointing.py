@@ -35,6 +35,10 @@ class GroupState:
     def sync_buffers(self) -> None:
         self.w.sync_buffers()
 
+    def model_bytes(self) -> int:
+        """Bytes of the student's state: the unit of a checkpoint write's I/O budget (codistill/io/checkpoint.py)."""
+        return sum(t.numel() * t.element_size() for t in self.w.model.state_dict().values() if isinstance(t, torch.Tensor))
+
     def state_dict(self) -> dict:
         """The whole state (DDP / simulated). A fixed KD teacher is not saved: it is loaded again from its own file."""
         w = self.w

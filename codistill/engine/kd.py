@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from codistill.engine.logits import as_logits, call
+from codistill.engine import fused_head
+from codistill.engine.chunked import Prediction
 from codistill.components.pretrained import load_model
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ class FixedTeacher:
         self.source_step: dict[int, Optional[int]] = {}
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [as_logits(call(self.model, x))]
+    def predict(self, x: torch.Tensor, head: Optional[str] = None) -> list[Prediction]:
+        """The teacher's logits, or hidden states and head when it has the fused layer `head` too."""
+        return [fused_head.predict(self.model, self.model, head, x)]
 
     def staleness(self, step: int) -> Optional[int]:
         return None  # a fixed teacher has no age

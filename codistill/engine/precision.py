@@ -7,7 +7,8 @@ GPUs' tensor cores. fp16 needs a GradScaler and is CUDA-only. fp32 is the exact 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from pathlib import Path
+from typing import ContextManager, Iterable, Optional
 
 import torch
 
@@ -57,3 +58,30 @@ def teacher_autocast(dtype: torch.dtype, device: torch.device) -> ContextManager
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of the CPU units that compute in bf16
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
+    """The CPU's feature flags (Linux), None where they cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def bf16_cpu_warning(uses_bf16: bool, device: torch.device, capability: Optional[str] = None,
+                     flags: Optional[Iterable[str]] = None) -> Optional[str]:
+    """One line when bf16 would run on a CPU without bf16 units: there torch emulates it, and a bf16 run took more
+    than 25x an fp32 run's time on an AVX2-only CPU. None when the CPU has the units, or its flags are unknown."""
+    if not uses_bf16 or device.type != "cpu":
+        return None
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    flags = cpu_flags() if flags is None else set(flags)
+    if flags is None or flags & set(BF16_CPU_FLAGS):
+        return None
+    return (f"bf16 on this CPU (torch capability {capability}, no {' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo) is "
+            "emulated and can run many times slower than fp32: use trainer.precision=fp32 and "
+            "distill.teacher_dtype=float32 here")

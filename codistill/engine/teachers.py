@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from torch import nn
 
-from codistill.engine.logits import as_logits, call
+from codistill.engine import fused_head
+from codistill.engine.chunked import Prediction
 from codistill.engine.precision import teacher_autocast
 from codistill.distributed.sharding import local, unique_state
 
@@ -28,7 +29,7 @@ class TeacherSource(Protocol):
     models: dict[int, nn.Module]  # the copies an exchange refreshes and a checkpoint keeps, by peer (none: {})
     source_step: dict[int, Optional[int]]  # the step each copy was taken at
 
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+    def predict(self, x: torch.Tensor, head: Optional[str] = None) -> list[Prediction]: ...
 
     def staleness(self, step: int) -> Optional[int]: ...
 
@@ -167,9 +168,10 @@ class TeacherCopies:
         return [p for p, s in self.source_step.items() if s is not None]
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def predict(self, x: torch.Tensor, head: Optional[str] = None) -> list[Prediction]:
+        """The ready copies' predictions on x: logits, or hidden states and head when layer `head` is fused."""
         with teacher_autocast(self.pool.dtype, self.pool.device):
-            return [as_logits(call(self.pool.forwards[p], x)) for p in self.ready]
+            return [fused_head.predict(self.pool.forwards[p], self.models[p], head, x) for p in self.ready]
 
     def staleness(self, step: int) -> Optional[int]:
         """Steps since the oldest copy was taken (None before the first exchange)."""

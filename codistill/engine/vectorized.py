@@ -25,11 +25,14 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
 
+from codistill.engine import fused_head, weighting
+from codistill.engine.chunked import Head, Prediction
 from codistill.engine.logits import as_logits
 from codistill.engine.precision import teacher_autocast
 from codistill.distributed.topology import Topology
-from codistill.engine.worker import GroupWorker
+from codistill.engine.worker import GroupWorker, split_batch
 
 log = logging.getLogger("codistill")
 
@@ -118,23 +121,34 @@ class VectorizedGroups:
             w.optimizer, w.lr_schedule = self.optimizer, self.lr_schedule
         self._teacher_key: Optional[tuple] = None
         self._teachers: tuple[int, Params] = (0, {})
+        # a fused output layer (loss.output_layer): the names of its stacked weight and bias (tied: the embedding's)
+        self.head = self.workers[0].head
+        layer = self.base.get_submodule(self.head) if self.head is not None else None
+        by_tensor = {id(p): n for n, p in self.base.named_parameters()}
+        self.head_params = [by_tensor[id(t)] for t in (layer.weight, layer.bias) if t is not None] if layer else []
 
     def train_step(self, step: int) -> torch.Tensor:
         """One step of every group; returns [G, 4] rows as GroupWorker.train_step returns them, stacked."""
         w0, G = self.workers[0], len(self.workers)
         teachers = self._teacher_stack() if w0.schedule.distilling(step) else None
         sums = torch.zeros(G, 4, device=w0.device)
+        ignore = w0.loss.ignore_index
+        stacked = {}
         for r in w0.local_replicas:
             batches = [w._batch(step, r) for w in self.workers]
-            x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            for xm, ym in zip(x.chunk(w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+            stacked[r] = tree_map(lambda *t: torch.stack(t), *[b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        total = None if ignore is None else weighting.step_total([y for _, y in stacked.values()], ignore, groups=G)
+        for r in w0.local_replicas:
+            x, y = stacked[r]
+            for xm, ym in zip(split_batch(x, w0.accum, dim=1), y.chunk(w0.accum, dim=1)):  # trainer.grad_accum
+                share = weighting.weight(ym, ignore, total, 1.0 / (len(w0.local_replicas) * w0.accum), groups=G)
                 with w0.precision.autocast():
                     teacher_logits = self._teacher_logits(teachers, xm) if teachers is not None else []
-                    logits = self._forward(self.params, xm)
-                parts = w0.loss(logits.float(), [t.float() for t in teacher_logits], ym, groups=G)
-                (parts.total.sum() * w0.grad_scale).backward()
-                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) / (
-                    len(w0.local_replicas) * w0.accum)
+                    logits = self._predict(self.params, xm)
+                parts = w0.loss(logits, teacher_logits, ym, groups=G)
+                (parts.total * share).sum().backward()
+                sums[:, :3] += torch.stack([parts.total.detach(), parts.ce, parts.distill], dim=1) * (
+                    share[:, None] if isinstance(share, torch.Tensor) else share)
         if w0.grad_clip is not None:
             sums[:, 3] = clip_stacked(list(self.params.values()), w0.grad_clip)
         self.optimizer.step()
@@ -143,10 +157,17 @@ class VectorizedGroups:
         return sums
 
     def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda p, xb: as_logits(functional_call(self.base, p, (xb,))))(params, x)
+        """The stacked groups' outputs: logits, or hidden states with a fused output layer."""
+        with fused_head.headless(self.base, self.head):
+            return vmap(lambda p, xb: as_logits(functional_call(self.base, p, (xb,))))(params, x)
+
+    def _predict(self, params: Params, x: torch.Tensor) -> Prediction:
+        if self.head is None:
+            return self._forward(params, x)
+        return self._forward(params, x), Head(*(params[n] for n in self.head_params))
 
     @torch.no_grad()
-    def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[torch.Tensor]:
+    def _teacher_logits(self, teachers: tuple[int, Params], x: torch.Tensor) -> list[Prediction]:
         """All G x n teacher forwards in one vmap: the j-th teacher of every group, for every j."""
         n, params = teachers
         if n == 0:
@@ -155,7 +176,10 @@ class VectorizedGroups:
         per_teacher = {name: t.view(n, G, *t.shape[1:]) for name, t in params.items()}
         w0 = self.workers[0]
         with teacher_autocast(w0.teachers.pool.dtype, w0.device):
-            return list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers
+            out = list(vmap(self._forward, in_dims=(0, None))(per_teacher, x))  # x shared by the n teachers
+        if self.head is None:
+            return out
+        return [(h, Head(*(per_teacher[name][j] for name in self.head_params))) for j, h in enumerate(out)]
 
     def _teacher_stack(self) -> tuple[int, Params]:
         """n, and the copies stacked [n * G, ...]: row j * G + g is group g's j-th ready teacher copy (peers in

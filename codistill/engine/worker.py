@@ -27,8 +27,9 @@ from codistill.components.data.pipeline import GroupBatches, to_device
 from codistill.components.rng import ReplicaRNG
 from codistill.distributed import sharding
 from codistill.distributed.topology import Topology
+from codistill.engine import fused_head, weighting
 from codistill.engine.algorithm import LossParts, LossSpec, Schedule
-from codistill.engine.logits import as_logits, call
+from codistill.engine.chunked import Prediction
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.precision import Precision
 from codistill.engine.replicas import ddp_buffer_semantics
@@ -37,16 +38,25 @@ from codistill.errors import ConfigError
 
 
 def micro_batches(x: Any, y: torch.Tensor, n: int) -> list[tuple[Any, torch.Tensor]]:
-    """A replica's batch as n equal micro-batches (trainer.grad_accum), in order."""
+    """A replica's batch as n equal micro-batches (trainer.grad_accum), in order: tensors, or dicts, tuples and
+    lists of them (Hugging Face style inputs), split along their first (batch) dimension."""
     if n == 1:
         return [(x, y)]
-    if isinstance(x, Mapping) and all(isinstance(v, torch.Tensor) for v in x.values()):
-        parts = {k: v.chunk(n) for k, v in x.items()}  # a dict batch: every entry split along the batch
-        return [({k: v[i] for k, v in parts.items()}, ym) for i, ym in enumerate(y.chunk(n))]
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"trainer.grad_accum={n} splits tensor inputs (or dicts of them); this dataset's inputs are "
-                          f"{type(x).__name__}")
-    return list(zip(x.chunk(n), y.chunk(n)))
+    return list(zip(split_batch(x, n), y.chunk(n)))
+
+
+def split_batch(x: Any, n: int, dim: int = 0) -> list[Any]:
+    """`x` in n chunks along `dim` (the batch's; 1 for the vectorised mode's stacked groups)."""
+    if isinstance(x, torch.Tensor):
+        return list(x.chunk(n, dim))
+    if isinstance(x, Mapping):
+        parts = {k: split_batch(v, n, dim) for k, v in x.items()}
+        return [{k: parts[k][i] for k in x} for i in range(n)]
+    if isinstance(x, (tuple, list)):
+        columns = [split_batch(v, n, dim) for v in x]
+        return [type(x)(c[i] for c in columns) for i in range(n)]
+    raise ConfigError(f"trainer.grad_accum={n} splits tensors (and dicts, tuples, lists of them) along the batch; "
+                      f"this dataset's inputs hold a {type(x).__name__}")
 
 
 class GroupWorker:
@@ -67,10 +77,12 @@ class GroupWorker:
         compile: bool = False,
         state_dtype: torch.dtype = torch.float32,
         sharded: bool = False,
+        head: Optional[str] = None,
     ) -> None:
         """`model`: the group's student (engine/students.py). `teachers`: the copies of the peers it distils from (or
         mode=kd's fixed teacher). `state_dtype`: the dtype its state is exchanged in (distill.teacher_dtype).
-        `sharded`: the model is sharded over the group's replicas (FSDP2, codistill/distributed/sharding.py)."""
+        `sharded`: the model is sharded over the group's replicas (FSDP2, codistill/distributed/sharding.py).
+        `head`: the output layer fused into the chunked loss (loss.output_layer, resolved by fused_head.resolve)."""
         self.group, self.topo, self.schedule, self.teachers = group, topo, schedule, teachers
         self.batches, self.loss, self.precision, self.rng = batches, loss, precision, rng
         self.device = topo.device
@@ -89,11 +101,15 @@ class GroupWorker:
             self.module = torch.compile(self.module)  # checkpoints and evaluation keep using the plain self.model
         self.compiled = compile
         self.accum = grad_accum
-        # DDP already averages over ranks; simulated mode averages its R replicas here; both over the micro-batches
-        self.grad_scale = 1.0 / (len(self.local_replicas) * self.accum)
+        # A micro-batch's loss is scaled by its share of the group's step (codistill/engine/weighting.py) times R /
+        # (replicas in this process): DDP (and FSDP) divide the sum over the R ranks by R; simulated mode sums here.
+        self.replica_factor = topo.replicas / len(self.local_replicas)
         self.grad_clip, self.optimizer_factory = optimizer.grad_clip, optimizer
         self.optimizer, self.lr_schedule = optimizer(self.model.parameters())
         self._first_step = True  # the step on which rng checks for draws no replica stream holds
+        self.head = head  # None: the forwards give logits
+        self.gathered_head = (fused_head.GatheredHead(self.model, head, topo.replica_pg)
+                              if sharded and head is not None else None)
 
     # --- Algorithm 1, one step ------------------------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
@@ -106,19 +122,25 @@ class GroupWorker:
         self.module.train()
         distilling = self.schedule.distilling(step)
         parts_sum = torch.zeros(4, device=self.device)
-        share = 1.0 / (self.topo.replicas * self.accum)
+        batches = {r: self._batch(step, r) for r in self.local_replicas}
+        ignore = self.loss.ignore_index
+        total = None if ignore is None else weighting.step_total(
+            [y for _, y in batches.values()], ignore, None if self.topo.simulated else self.topo.replica_pg)
         emulate = self.topo.simulated and self.has_buffers and len(self.local_replicas) > 1
         with ddp_buffer_semantics(self.model, emulate) as before_replica:
             for r in self.local_replicas:
                 before_replica(r)
-                x, y = self._batch(step, r)
+                x, y = batches[r]
                 with self.rng.use(r, check=self._first_step):  # every draw of r's forwards and backward
                     for i, (xm, ym) in enumerate(micro_batches(x, y, self.accum)):
+                        share = weighting.weight(ym, ignore, total, 1.0 / (self.topo.replicas * self.accum))
                         with self._grad_sync(last=i == self.accum - 1):
                             parts = self._loss(xm, ym, distilling)
-                            self.precision.backward(parts.total * self.grad_scale)
+                            self.precision.backward(parts.total * share * self.replica_factor)
                         parts_sum[:3] += torch.stack([parts.total.detach(), parts.ce, parts.distill]) * share
         self._first_step = False
+        if self.gathered_head is not None:
+            self.gathered_head.finish()  # the fused head's gradient, averaged over replicas, into its shards
         clip = self.grad_clip
         if clip is not None:
             self.precision.unscale(self.optimizer)
@@ -131,11 +153,16 @@ class GroupWorker:
         return parts_sum
 
     def _loss(self, x: Any, y: torch.Tensor, distilling: bool) -> LossParts:
-        """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32."""
+        """Algorithm 1's loss on one micro-batch: forwards under autocast, the loss itself in float32.
+
+        With a fused output layer the forwards stop at the hidden states and the chunked loss projects them
+        (codistill/engine/fused_head.py, chunked.py).
+        """
+        gathered = self.gathered_head.get if self.gathered_head is not None else None
         with self.precision.autocast():
-            teacher_logits = self.teachers.predict(x) if distilling else []
-            logits = as_logits(call(self.module, x))
-        return self.loss(logits.float(), [t.float() for t in teacher_logits], y)
+            teachers = self.teachers.predict(x, self.head) if distilling else []
+            student = fused_head.predict(self.module, self.model, self.head, x, gathered)
+        return self.loss(student, teachers, y)
 
     def _grad_sync(self, last: bool) -> ContextManager:
         """DDP all-reduces (FSDP reduce-scatters) the gradient on the last micro-batch of a step only."""
@@ -179,13 +206,13 @@ class GroupWorker:
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
-    def predict_probs(self, x: Any) -> torch.Tensor:
-        """Predicted probabilities of the student (eval mode) on one batch, on the CPU."""
+    def predict(self, x: Any) -> Prediction:
+        """The student's prediction (eval mode) on one held-out batch: logits, or hidden states and the fused head."""
         self.model.eval()
-        probs = torch.softmax(as_logits(call(self.model, to_device(x, self.device))).float(), -1).cpu()
+        out = fused_head.predict(self.model, self.model, self.head, to_device(x, self.device))
         if self.sharded:
             self.model.reshard()  # the root stays gathered after a forward without backward; free it
-        return probs
+        return out
 
     def staleness(self, step: int) -> int:
         s = self.teachers.staleness(step)

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from codistill.config import OUTER_MODES
 from codistill.errors import ConfigError, StorageError  # noqa: F401  (StorageError re-exported)
+from codistill.io import trajectory
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ def _atomic(path: Path, write: Any) -> None:
             # torch.save's zip writer, closing after a failed write, replaces ENOSPC/EIO by "unexpected pos ..."
             raise e.__context__ from None
         raise
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """A file's sha256, read in 1 MiB chunks: a multi-GB checkpoint is never held in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load(path: Path) -> dict:
@@ -168,7 +178,7 @@ def preflight(run_dir: Path, layout: Any, resume: str, strategy: str = "ddp", mo
     per_rank = [f"rng-rank{layout.rank}.pt", *([outer] if outer in files else [])] if same_ranks else []
     for name in [*(f"group{g}.pt" for g in local_groups), *per_rank]:
         try:
-            ok = hashlib.sha256((path / name).read_bytes()).hexdigest() == files[name]
+            ok = file_sha256(path / name) == files[name]
         except (OSError, KeyError) as e:
             raise ConfigError(f"resume checkpoint {path} is incomplete: {name} is missing ({e})") from None
         if not ok:
@@ -225,30 +235,36 @@ def save_training(run_dir: Path, step: int, workers: dict[int, Any], topo: Any, 
     for g, w in workers.items():
         w.sync_buffers()
     error: Optional[OSError] = None
-    try:
-        for g, w in workers.items():
-            if w.sharded:
-                w.save_sharded(folder / f"group{g}")
-            if topo.is_group_leader(g):
-                state = w.sharded_record() if w.sharded else w.state_dict()
-                atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
-        atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
-        if outer is not None:
-            atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
-        for name, state in (extra or {}).items():
-            atomic_save(state, folder / f"{name}-rank{topo.layout.rank}.pt")
-    except OSError as e:
-        error = e
+    # a budget for the writes (topology.io_bandwidth_mb_s): the model, up to twice its size of optimizer state and
+    # the G - 1 teacher copies, per group this process writes
+    nbytes = sum(w.model_bytes() for g, w in workers.items() if topo.is_group_leader(g))
+    with topo.local_work(f"writing checkpoint {folder}", nbytes * (2 + topo.groups)):
+        try:
+            for g, w in workers.items():
+                if w.sharded:
+                    w.save_sharded(folder / f"group{g}")
+                if topo.is_group_leader(g):
+                    state = w.sharded_record() if w.sharded else w.state_dict()
+                    atomic_save({**state, "step": step, "config": config}, folder / f"group{g}.pt")
+            atomic_save(rng_state(workers), folder / f"rng-rank{topo.layout.rank}.pt")
+            if outer is not None:
+                atomic_save(outer.state_dict(), folder / f"outer-rank{topo.layout.rank}.pt")
+            for name, state in (extra or {}).items():
+                atomic_save(state, folder / f"{name}-rank{topo.layout.rank}.pt")
+        except OSError as e:
+            error = e
     try:
         agree_written(topo, folder, error)
-        if topo.is_main:
-            try:
-                files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
-                manifest = {"step": step, "topology": _layout_topology(topo.layout), "files": files, "time": time.time(),
-                            "strategy": config["topology"]["strategy"]}
-                atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
-            except OSError as e:
-                error = e
+        files = sorted(folder.glob("*.pt")) if topo.is_main else []
+        with topo.local_work(f"hashing checkpoint {folder}", sum(p.stat().st_size for p in files)):
+            if topo.is_main:
+                try:
+                    manifest = {"step": step, "topology": _layout_topology(topo.layout),
+                                "files": {p.name: file_sha256(p) for p in files}, "time": time.time(),
+                                "strategy": config["topology"]["strategy"], "trajectory": trajectory.record(config)}
+                    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+                except OSError as e:
+                    error = e
         agree_written(topo, folder / MANIFEST, error)
     except StorageError:
         if topo.is_main:  # every rank is past its writes: nothing of this step is left to be mistaken for a checkpoint

@@ -36,7 +36,7 @@ def main(run_dir: Path, overrides: list[str]) -> None:
     # step 6: every replica publishes; shard 1 of group 1's version is torn before any reader reads it
     w.train_step(3)
     ex.writer.submit(g, 6, w.flat_state().cpu().view(torch.uint8), ex.signatures[g])  # codec none: the bytes
-    ex.writer.flush()
+    ex.writer.flush(60)
     topo.barrier()
     if layout.rank == 0:
         torn = Path(ex.store.url) / "group1" / "step000000006.shard1of2.pt"

@@ -60,7 +60,7 @@ def publish(trainer, step: int) -> None:
     ex = trainer.exchange.transport
     ex.reader.refresh()
     trainer._exchange(step)
-    ex.writer.flush()
+    ex.writer.flush(60)
 
 
 def test_torn_and_corrupt_uploads_are_rejected_and_the_previous_copy_kept(tmp_path: Path, s3_env, caplog) -> None:

@@ -79,6 +79,9 @@ CASES = {
     "samples_not_pairs": (USER_DATA + ["data.train._target_=tests.user_components.Triples"],
                           "samples must be (input, target) pairs"),
     "label_outside_classes": (USER_DATA + ["+data.train.bad_label_every=7"], "has label 12, outside [0, 4)"),
+    "held_out_label_outside_classes": (USER_DATA + ["+data.eval.bad_label_every=101"], "data.eval has label 12, outside [0, 4)"),
+    "eval_examples_below_replicas": (["topology.replicas=2", "data.eval_examples=1"],
+                                     "scores 1 example(s), fewer than the 2 replicas"),
     "label_outside_classes_in_a_loader_worker": (USER_DATA + ["+data.train.bad_label_every=7", "data.num_workers=2"],
                                                  "has label 12, outside [0, 4)"),
     "model_output_without_logits": (user_model("WordNet"), "the model returned a str"),
@@ -150,20 +153,27 @@ def test_bad_input_fails_with_one_line(tmp_path: Path, case: str, capsys) -> Non
     assert len(errors) == 1 and expected in errors[0], errors
 
 
-def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("checkpoint_every", [1, 0])
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path: Path, capsys, checkpoint_every: int) -> None:
+    """lr 1e6: the loss is finite through step 4 and NaN at step 5. With a checkpoint every step the newest kept is
+    step 4's (finite, named by the message); without periodic checkpoints the message says none was written."""
     with pytest.raises(SystemExit):
-        train.run(make_config(["topology.mode=simulated", *SHORT, "optim.lr=1e6", "trainer.checkpoint_every=1",
+        train.run(make_config(["topology.mode=simulated", *SHORT, "optim.lr=1e6", f"trainer.checkpoint_every={checkpoint_every}",
                                "trainer.log_every=1"]), tmp_path)
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codistill: error:")]
     from codistill.io import checkpoint
 
+    assert "is not finite at step 5" in error, error
     kept = checkpoint.complete_checkpoints(tmp_path / "checkpoints")
-    if kept:  # every sealed checkpoint holds finite parameters, and the message names the newest
-        assert str(kept[0]) in error
-        state = torch.load(kept[0] / "group0.pt", weights_only=True)["model"]
-        assert all(torch.isfinite(v).all() for v in state.values())
-    else:
-        assert "no checkpoint was written" in error
+    if checkpoint_every == 0:
+        assert kept == [] and "no checkpoint was written before it" in error, error
+        return
+    assert [p.name for p in kept] == ["step000000004", "step000000003"]
+    assert f"the last good checkpoint is {kept[0]}" in error, error
+    for ckpt in kept:
+        for g in (0, 1):
+            state = torch.load(ckpt / f"group{g}.pt", weights_only=True)["model"]
+            assert all(torch.isfinite(v).all() for v in state.values())
 
 
 def test_replicas_mismatch_under_torchrun() -> None:

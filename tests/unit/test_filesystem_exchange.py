@@ -26,7 +26,7 @@ def publish(trainer, step: int) -> None:
     ex = trainer.exchange.transport
     ex.reader.refresh()
     trainer._exchange(step)
-    ex.writer.flush()
+    ex.writer.flush(60)
 
 
 def test_groups_in_separate_jobs_read_each_others_snapshots(tmp_path: Path) -> None:
@@ -104,5 +104,5 @@ def test_a_failed_write_is_reported_and_leaves_no_loadable_file(tmp_path: Path) 
     (tmp_path / "ex" / "group0").write_text("not a directory")  # the writer cannot create its folder
     a.exchange.transport.exchange(1, {0: a.workers[0].flat_state()})
     with pytest.raises(ExchangeWriteError, match="could not publish a snapshot"):
-        a.exchange.transport.writer.flush()
+        a.exchange.transport.writer.flush(60)
     assert not list((tmp_path / "ex").rglob("*.pt"))

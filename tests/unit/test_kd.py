@@ -46,7 +46,8 @@ def test_teacher_is_frozen_outside_the_optimizer_and_never_changes(teacher_ckpt:
     for w in trainer.workers.values():
         in_optimizer = {id(p) for group in w.optimizer.param_groups for p in group["params"]}
         assert not teacher_ids & in_optimizer
-        assert w.module is w.model  # no DDP in simulated mode; the teacher is never wrapped
+        assert not teacher_ids & {id(p) for p in w.model.parameters()}  # the student is its own model
+        assert all(m is not teacher for m in w.model.modules())  # the teacher is not inside any student
     assert not any(trainer.schedule.exchange_before(s) for s in range(6))  # nothing is exchanged
     assert trainer.final_eval is not None
 

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "codistill"
 # components and io are peers that do not import each other.
 LAYERS = {
     "errors": 0,
+    "runtime": 0,
     "config": 1,
     "components": 2,
     "io": 2,

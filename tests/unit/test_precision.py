@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codistill.engine.precision import bf16_cpu_warning, cpu_flags
 from codistill.engine.worker import micro_batches
 from tests.helpers import ANY_MODEL, make_trainer
 
@@ -50,14 +51,23 @@ def test_bf16_teacher_copies_are_stored_exchanged_and_run_in_bf16(tmp_path: Path
 
 
 def test_bf16_trains_as_well_as_fp32_on_fashion_mnist(tmp_path: Path) -> None:
-    """Equal steps on real data: the bf16 run (autocast + bf16 teacher copies) within 1 point of fp32."""
+    """Equal steps on real data: the bf16 run (autocast + bf16 teacher copies) is not worse than fp32 by more than
+    1 point of ensemble accuracy, averaged over 3 seeds.
+
+    One-sided: bf16 doing better is no defect (an AVX2-only CPU, which emulates bf16, measured fp32 0.846 against
+    bf16 0.8575 on seed 0). Averaged: one seed's gap is noise of the size of the bound (on an AMX CPU the
+    per-seed gap bf16 - fp32 over seeds 0-4 ran from -0.0075 to +0.0015, and fp32 alone from 0.8475 to 0.8575),
+    while a broken bf16 path (teachers or students computing garbage) costs far more than a point.
+    """
     run = [*ANY_MODEL, "data=fashion_mnist", "model.hidden=[128]", "trainer.batch_size=128", "trainer.max_steps=300",
            "data.eval_examples=2000"]
-    acc = {}
-    for name, extra in {"fp32": [], "bf16": ["trainer.precision=bf16", "distill.teacher_dtype=bfloat16"]}.items():
-        _, record = fit([*SHORT[1:], *extra], tmp_path / name, run).final_eval
-        acc[name] = record["ensemble/acc"]
-    assert acc["fp32"] > 0.8 and abs(acc["bf16"] - acc["fp32"]) <= 0.01, acc
+    acc: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for seed in (0, 1, 2):
+        for name, extra in {"fp32": [], "bf16": ["trainer.precision=bf16", "distill.teacher_dtype=bfloat16"]}.items():
+            _, record = fit([*SHORT[1:], *extra, f"seed={seed}"], tmp_path / f"{name}{seed}", run).final_eval
+            acc[name].append(record["ensemble/acc"])
+    mean = {name: sum(a) / len(a) for name, a in acc.items()}
+    assert mean["fp32"] > 0.8 and mean["bf16"] >= mean["fp32"] - 0.01, acc
 
 
 def test_accumulation_splits_each_replicas_batch(tmp_path: Path) -> None:
@@ -123,3 +133,19 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
     assert trainer.topo.device.type == "cuda"
     per_group, _ = trainer.final_eval
     assert all(r["eval/acc"] > 0.2 for r in per_group)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    avx2 = ["fpu", "sse4_2", "avx", "avx2", "fma"]
+    line = bf16_cpu_warning(True, cpu, "AVX2", avx2)
+    assert line is not None and "capability AVX2" in line and "trainer.precision=fp32" in line
+    assert bf16_cpu_warning(True, cpu, "AVX512", [*avx2, "avx512f", "avx512_bf16"]) is None
+    assert bf16_cpu_warning(True, cpu, "AVX512", [*avx2, "avx512f", "amx_bf16"]) is None
+    assert bf16_cpu_warning(False, cpu, "AVX2", avx2) is None  # fp32 runs as fast as the CPU allows
+    assert bf16_cpu_warning(True, torch.device("meta"), "AVX2", avx2) is None  # not a CPU run
+    flags = cpu_flags()  # this machine: a trainer warns exactly when its CPU lacks the units
+    with caplog.at_level("WARNING", logger="codistill"):
+        make_trainer(["distill.teacher_dtype=bfloat16"], tmp_path).close()
+    warned = [r for r in caplog.records if "bf16 on this CPU" in r.getMessage()]
+    assert len(warned) == int(flags is not None and not flags & {"amx_bf16", "avx512_bf16"}), warned

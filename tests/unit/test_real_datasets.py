@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 from pathlib import Path
 
@@ -90,14 +91,16 @@ def test_missing_bible_names_the_install_command(cache: Path, monkeypatch: pytes
 def test_char_lstm_codistills_on_kjv(cache: Path, tmp_path: Path) -> None:
     trainer = make_trainer(
         ["data=kjv_chars", "model=char_lstm", "model.hidden=16", "model.embedding_dim=8", "data.train.seq_len=16",
-         "trainer.batch_size=8", "trainer.max_steps=4", "distill.burn_in_steps=2", "distill.exchange_every=1",
-         "data.eval_examples=20"],
+         "trainer.batch_size=8", "trainer.max_steps=40", "distill.burn_in_steps=2", "distill.exchange_every=1",
+         "data.eval_examples=20", "optim.name=adam", "optim.lr=0.01"],
         tmp_path, base=ANY_MODEL,
     )
     trainer.fit()
     trainer.close()
     per_group, run = trainer.final_eval
-    assert all(0 < r["eval/loss"] < 6 for r in per_group) and "churn/top1" in run
+    # uniform over the 73 characters is ln 73 = 4.29 nats; 40 steps reach 3.09 and 3.10 (groups 0, 1): a model
+    # that learned nothing fails this bound
+    assert all(0 < r["eval/loss"] < math.log(73) - 0.7 for r in per_group) and "churn/top1" in run, per_group
     x, _ = trainer.data.eval_dataset.__getitems__([0, 1, 2])
     assert trainer.workers[0].model(x).shape == (3, 16, trainer.num_classes) and trainer.num_classes == 73
 

@@ -59,10 +59,22 @@ def test_local_state_sizes_add_up_to_the_state() -> None:
 
 
 def test_simulated_fsdp_is_the_reference(tmp_path) -> None:
-    """In one process strategy=fsdp shards nothing: a group's math is the same, so simulated mode stays the
-    reference the torchrun FSDP run is compared with (tests/integration/test_fsdp.py)."""
+    """In one process strategy=fsdp shards nothing and computes what strategy=ddp computes: the same parameters after
+    training, bit for bit. So simulated mode stays the reference the torchrun FSDP run is compared with
+    (tests/integration/test_fsdp.py)."""
     from tests.helpers import make_trainer
 
-    trainer = make_trainer(["topology.strategy=fsdp", "model=tiny_transformer", "trainer.max_steps=2"], tmp_path,
-                           base=USER)
-    assert not any(w.sharded for w in trainer.workers.values())
+    states = {}
+    for strategy in ("fsdp", "ddp"):
+        trainer = make_trainer([f"topology.strategy={strategy}", "model=tiny_transformer", "trainer.max_steps=4",
+                                "distill.burn_in_steps=1", "distill.exchange_every=1", "topology.replicas=2"],
+                               tmp_path / strategy, base=USER)
+        assert not any(w.sharded for w in trainer.workers.values())
+        before = {k: v.clone() for k, v in trainer.workers[0].model.state_dict().items()}
+        trainer.fit()
+        trainer.close()
+        states[strategy] = {f"{g}.{k}": v for g, w in trainer.workers.items() for k, v in w.model.state_dict().items()}
+        assert any(not torch.equal(before[k], states[strategy][f"0.{k}"]) for k in before)  # it trained
+    assert states["fsdp"].keys() == states["ddp"].keys()
+    assert all(torch.equal(states["fsdp"][k], states["ddp"][k]) for k in states["ddp"])
+

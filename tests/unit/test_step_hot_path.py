@@ -36,10 +36,15 @@ def host_syncs_forbidden() -> Iterator[None]:
             setattr(torch.Tensor, name, fn)
 
 
-@pytest.mark.parametrize("aggregate", ["mean_probs", "mean_kl"])
-def test_train_step_makes_no_host_sync(tmp_path: Path, aggregate: str) -> None:
+# the chunked loss with the MLP's last layer fused (loss.output_layer) syncs no more than the unchunked one
+FUSED = ["loss.output_layer=net.3", "loss.chunk_tokens=10"]
+
+
+@pytest.mark.parametrize(("aggregate", "loss"), [("mean_probs", []), ("mean_kl", []), ("mean_kl", FUSED)])
+def test_train_step_makes_no_host_sync(tmp_path: Path, aggregate: str, loss: list[str]) -> None:
     trainer = make_trainer(
-        ["topology.groups=3", "topology.replicas=2", "distill.burn_in_steps=0", f"distill.aggregate={aggregate}"],
+        ["topology.groups=3", "topology.replicas=2", "distill.burn_in_steps=0", f"distill.aggregate={aggregate}",
+         *loss],
         tmp_path,
     )
     trainer._exchange(0)

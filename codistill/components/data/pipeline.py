@@ -358,6 +358,22 @@ class TrainingData:
         """Training examples the streams draw from (after data.train_examples)."""
         return len(self.subset) if self.subset is not None else len(self.dataset)
 
+    def check_held_out(self, examples: int, replicas: int) -> None:
+        """The held-out labels to be scored, checked on every rank before training (as the training labels are):
+        a bad one met mid-run would stop only the replica whose shard holds it. Read through `targets` when the
+        dataset has them, else sample by sample, once. Raise DataFormatError with one line."""
+        if examples < replicas:
+            raise DataFormatError(f"the held-out set scores {examples} example(s), fewer than the {replicas} replicas "
+                                  "that split it: raise data.eval_examples (0 = the whole held-out set)")
+        targets = getattr(self.eval_dataset, "targets", None)
+        if targets is not None:
+            y = torch.as_tensor(targets)[:examples]
+        else:
+            with seeded(derive_seed(self.seed, "check")):
+                y = torch.cat([fetch(self.eval_dataset, range(i, min(i + 4096, examples)), self.collate)[1]
+                               for i in range(0, examples, 4096)])
+        self.labels.check(y, "data.eval")
+
     def probe(self) -> tuple[Any, torch.Tensor]:
         """Two training examples (a batch of the model's input type), to check a model's output against the labels."""
         with seeded(derive_seed(self.seed, "check")):

@@ -147,17 +147,25 @@ class _Writer:
             self.pending[group] = (step, flat, signature)
             self.cv.notify_all()
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every queued snapshot is written, at most `timeout_s` (a budget for its bytes)."""
         with self.cv:
-            self.cv.wait_for(lambda: (not self.pending and not self.busy) or self.error is not None)
+            done = self.cv.wait_for(lambda: (not self.pending and not self.busy) or self.error is not None, timeout_s)
         self.raise_error()
+        if not done:
+            raise ExchangeWriteError(f"a snapshot was not written to distill.exchange_dir={self.store} within "
+                                     f"{timeout_s:.0f} s: the disk is stuck or slower than topology.io_bandwidth_mb_s")
 
-    def close(self) -> None:
+    def close(self, timeout_s: float) -> None:
+        """Finish the pending writes, at most `timeout_s`; a write still running then is abandoned with an error."""
         with self.cv:
             self.closed = True
             self.cv.notify_all()
-        self.thread.join()
+        self.thread.join(timeout_s)
         self.raise_error()
+        if self.thread.is_alive():
+            raise ExchangeWriteError(f"the last snapshot was not written to distill.exchange_dir={self.store} within "
+                                     f"{timeout_s:.0f} s; peers keep its previous version")
 
     def raise_error(self) -> None:
         if self.error is not None:
@@ -446,15 +454,19 @@ class FilesystemExchange:
 
     def collect(self, step: int) -> dict[int, Snapshot]:
         """The peers' snapshots for an exchange launched at `step` (groups of one job: exactly that step's)."""
-        if self.same_job:
-            self.writer.flush()
-            self.topo.barrier()
+        if self.same_job:  # every rank's snapshot is written before any is read; waited for within a budget
+            written = sum(self.sizes[g] for g in self.writes) * self.dtype.itemsize
+            with self.topo.local_work(f"writing the snapshots of step {step}", written):
+                self.writer.flush(self.topo.io_budget(written))
         else:
             self.writer.raise_error()
         if self.shards is not None:
             out = self._read_shards(step)
         else:
-            out = self._share(self._choose(step) if self.leads else {})
+            wanted = sum(self.sizes[p] for p in self.wanted) * self.dtype.itemsize if self.leads else 0
+            with self.topo.local_work(f"reading the snapshots of step {step}", wanted):  # replica 0 reads, the rest wait
+                chosen = self._choose(step) if self.leads else {}
+            out = self._share(chosen)
         read = sum(s.flat.numel() * s.flat.element_size() for s in out.values())
         self.traffic = (self.traffic[0], read if self.shards is not None or self.leads else 0)
         return out
@@ -462,8 +474,9 @@ class FilesystemExchange:
     def close(self) -> None:
         """Write what is pending (a peer may still read this group's last snapshot); a failure is only logged."""
         self.reader.close()
+        pending = sum(self.sizes[g] for g in self.writes) * self.dtype.itemsize
         try:
-            self.writer.close()
+            self.writer.close(self.topo.io_budget(pending))
         except ExchangeWriteError as e:
             log.error("%s", e)
 
