@@ -87,3 +87,25 @@ def snapshot_steps(folder: Path, shards: int | None = None) -> list[int]:
 
     need = complete_tags(shards)
     return sorted((s for s, tags in versions(folder).items() if need <= tags), reverse=True)
+
+
+def train_for(run_dir: Path, steps: int, args: Sequence[str] = (), base: Sequence[str] = FAST) -> Trainer:
+    """A simulated run of `steps` steps in `run_dir` (resuming what a previous call left there), closed after fit."""
+    trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, base)
+    trainer.fit()
+    trainer.close()
+    return trainer
+
+
+def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Everything a resume must reproduce: every group's model, its teacher copies (and their steps), the outer step."""
+    out = {}
+    for g, w in trainer.workers.items():
+        out.update({f"g{g}.{k}": v for k, v in w.model.state_dict().items()})
+        out.update({f"g{g}.teacher{p}": c["flat"] for p, c in w.teachers.state_dict().items()})
+        out.update({f"g{g}.teacher{p}.step": torch.tensor(c["step"]) for p, c in w.teachers.state_dict().items()})
+    if trainer.outer is not None:
+        outer = trainer.outer.state_dict()
+        out.update({"outer.params": outer["params"], "outer.buffers": outer["buffers"]})
+        out.update({f"outer.momentum{i}": s["momentum_buffer"] for i, s in outer["optimizer"]["state"].items()})
+    return out

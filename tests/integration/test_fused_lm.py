@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ANY_MODEL, REPO, load_final, make_trainer, max_abs_diff, run_torchrun
+from tests.helpers import ANY_MODEL, REPO, load_final, make_trainer, max_abs_diff, run_torchrun, train_for, trained_state
 
 LM = [*ANY_MODEL, f"hydra.searchpath=[file://{REPO}/tests/conf]", "data=tokens", "model=tiny_llama"]
 # exchanges before steps 2, 4, 8: a run resumed at step 6 must restore the copies of step 4 from its checkpoint
@@ -20,31 +20,16 @@ ARGS = ["topology.groups=2", "trainer.batch_size=8", "distill.burn_in_steps=2", 
         "logger.plots=false", "data.eval_examples=0"]
 
 
-def train(run_dir: Path, steps: int):
-    trainer = make_trainer([*ARGS, "topology.replicas=2", f"trainer.max_steps={steps}"], run_dir, LM)
-    trainer.fit()
-    trainer.close()
-    return trainer
-
-
-def state(trainer) -> dict[str, torch.Tensor]:
-    out = {}
-    for g, w in trainer.workers.items():
-        out.update({f"g{g}.{k}": v for k, v in w.model.state_dict().items()})
-        out.update({f"g{g}.teacher{p}": c["flat"] for p, c in w.teachers.state_dict().items()})
-    return out
-
-
 @pytest.mark.torchrun
 def test_fused_llama_simulated_equals_torchrun_and_resumes_exactly(tmp_path: Path) -> None:
-    straight = train(tmp_path / "simulated", 12)
+    straight = train_for(tmp_path / "simulated", 12, [*ARGS, "topology.replicas=2"], LM)
     for w in straight.workers.values():
         assert w.head == "lm_head"  # fused, not fallen back
         assert w.model.lm_head.weight is w.model.model.embed_tokens.weight  # still tied
-    train(tmp_path / "resumed", 6)
-    resumed = train(tmp_path / "resumed", 12)
+    train_for(tmp_path / "resumed", 6, [*ARGS, "topology.replicas=2"], LM)
+    resumed = train_for(tmp_path / "resumed", 12, [*ARGS, "topology.replicas=2"], LM)
     assert resumed.start_step == 6
-    after, before = state(resumed), state(straight)
+    after, before = trained_state(resumed), trained_state(straight)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
     job = run_torchrun(4, [*ARGS, "trainer.max_steps=12", f"hydra.run.dir={tmp_path / 'torchrun'}"], base=LM)

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ANY_MODEL, REPO, load_final, max_abs_diff, run_cli, run_torchrun
+from tests.helpers import ANY_MODEL, REPO, load_final, max_abs_diff, run_cli, run_torchrun, train_for, trained_state
 from tests.integration.test_examples import needs_kjv
-from tests.unit.test_resume import state, train
 
 pytest.importorskip("transformers", reason="the Hugging Face model needs transformers (pip install codistill[hf])")
 
@@ -45,10 +44,10 @@ def test_gpt2_dropout_simulated_equals_torchrun(tmp_path: Path, replicas: int) -
 @needs_kjv
 def test_gpt2_dropout_resume_is_bit_identical(tmp_path: Path) -> None:
     args = [*SCHEDULE, "trainer.checkpoint_every=10", "optim=adam", "optim.lr=0.003"]
-    straight = state(train(tmp_path / "straight", 20, args, HF))
-    train(tmp_path / "resumed", 10, args, HF)
-    resumed = train(tmp_path / "resumed", 20, args, HF)
+    straight = trained_state(train_for(tmp_path / "straight", 20, args, HF))
+    train_for(tmp_path / "resumed", 10, args, HF)
+    resumed = train_for(tmp_path / "resumed", 20, args, HF)
     assert resumed.start_step == 10
-    after = state(resumed)
+    after = trained_state(resumed)
     assert after.keys() == straight.keys()
     assert all(torch.equal(after[k], straight[k]) for k in after), [k for k in after if not torch.equal(after[k], straight[k])]

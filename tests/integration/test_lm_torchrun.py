@@ -15,7 +15,7 @@ import torch
 
 from codistill.tools.evaluate import evaluate
 from codistill.tools.plot import plot_run
-from tests.helpers import REPO, load_final, make_trainer, max_abs_diff, run_cli, run_torchrun
+from tests.helpers import REPO, load_final, max_abs_diff, run_cli, run_torchrun, train_for
 
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
@@ -61,15 +61,9 @@ def test_hf_rows_and_llama_torchrun_equals_simulated(tmp_path: Path) -> None:
 def test_hf_rows_and_llama_resume_bit_exact(tmp_path: Path) -> None:
     args = ["topology.replicas=2", "trainer.checkpoint_every=4", "distill.exchange=filesystem"]
 
-    def train(run_dir: Path, steps: int):
-        trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, LM)
-        trainer.fit()
-        trainer.close()
-        return trainer
-
-    straight = train(tmp_path / "straight", 8)
-    train(tmp_path / "resumed", 4)
-    resumed = train(tmp_path / "resumed", 8)
+    straight = train_for(tmp_path / "straight", 8, args, LM)
+    train_for(tmp_path / "resumed", 4, args, LM)
+    resumed = train_for(tmp_path / "resumed", 8, args, LM)
     assert resumed.start_step == 4
     for g in (0, 1):
         a, b = straight.workers[g].model.state_dict(), resumed.workers[g].model.state_dict()

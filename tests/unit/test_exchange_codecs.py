@@ -9,7 +9,7 @@ import torch
 
 from codistill.distributed.exchange.codecs import Codec, RowLayout
 from codistill.distributed.exchange.fragments import FragmentError, due, split
-from tests.helpers import make_trainer
+from tests.helpers import make_trainer, train_for
 
 ENTRIES = [("conv.weight", torch.Size([8, 4, 3, 3]), 288), ("conv.bias", torch.Size([8]), 8),
            ("fc.weight", torch.Size([64, 32]), 2048), ("fc.bias", torch.Size([64]), 64),
@@ -137,17 +137,11 @@ def test_resume_with_a_snapshot_in_flight_is_bit_identical(tmp_path: Path) -> No
     args = [*SHORT, "distill.exchange_delay=3", "distill.fragments=2", "distill.snapshot_codec=int8",
             "trainer.checkpoint_every=10", "topology.replicas=2", "model.dropout=0.1"]
 
-    def train(run_dir: Path, steps: int):
-        trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir)
-        trainer.fit()
-        trainer.close()
-        return trainer
-
-    straight = train(tmp_path / "straight", 16)
-    first = train(tmp_path / "resumed", 10)
+    straight = train_for(tmp_path / "straight", 16, args)
+    first = train_for(tmp_path / "resumed", 10, args)
     assert [f.launched for f in first.exchange.flights] == [8]
     assert (tmp_path / "resumed" / "checkpoints" / "step000000010" / "exchange-rank0.pt").is_file()
-    resumed = train(tmp_path / "resumed", 16)
+    resumed = train_for(tmp_path / "resumed", 16, args)
     assert resumed.start_step == 10
     for g in (0, 1):
         a, b = straight.workers[g], resumed.workers[g]

@@ -24,7 +24,7 @@ from codistill.config import ConfigError
 from codistill.engine.outer import OuterStep
 from codistill.engine.teachers import StateFlattener
 from codistill.tools import tokenize
-from tests.helpers import REPO, make_trainer
+from tests.helpers import REPO, make_trainer, train_for
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("datasets")
@@ -153,15 +153,9 @@ def test_token_corpus_training_resumes_bit_exact(tmp_path: Path, mode: str) -> N
             "data.train.seq_len=16", "trainer.checkpoint_every=4", "distill.burn_in_steps=2",
             "distill.exchange_every=3", "optim.name=adam", "optim.lr=0.01", f"distill={mode}"]
 
-    def train(run_dir: Path, steps: int):
-        trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, LM)
-        trainer.fit()
-        trainer.close()
-        return trainer
-
-    straight = train(tmp_path / "straight", 8)
-    train(tmp_path / "resumed", 4)
-    resumed = train(tmp_path / "resumed", 8)
+    straight = train_for(tmp_path / "straight", 8, args, LM)
+    train_for(tmp_path / "resumed", 4, args, LM)
+    resumed = train_for(tmp_path / "resumed", 8, args, LM)
     for g in (0, 1):
         a, b = straight.workers[g].model.state_dict(), resumed.workers[g].model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)

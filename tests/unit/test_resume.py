@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codistill.io import checkpoint
-from tests.helpers import FAST, USER, make_trainer
+from tests.helpers import FAST, USER, make_trainer, train_for, trained_state
 
 # Exchanges before steps 5, 6, 12, 18, 24, ...: the copies at step 20 come from step 18, so the resumed run must
 # restore them (and their source step) from the checkpoint rather than re-exchange.
@@ -28,41 +28,21 @@ BASE = {"user_components_2_workers": USER, "diloco": USER}
 COLLECTIVE_ONLY = {"diloco"}  # needs every group at every outer step: the filesystem exchange is refused
 
 
-def train(run_dir: Path, steps: int, args: list[str], base: list[str] = FAST):
-    trainer = make_trainer([*args, f"trainer.max_steps={steps}"], run_dir, base)
-    trainer.fit()
-    trainer.close()
-    return trainer
-
-
-def state(trainer) -> dict[str, torch.Tensor]:
-    out = {}
-    for g, w in trainer.workers.items():
-        out.update({f"g{g}.{k}": v for k, v in w.model.state_dict().items()})
-        out.update({f"g{g}.teacher{p}": c["flat"] for p, c in w.teachers.state_dict().items()})
-        out.update({f"g{g}.teacher{p}.step": torch.tensor(c["step"]) for p, c in w.teachers.state_dict().items()})
-    if trainer.outer is not None:
-        outer = trainer.outer.state_dict()
-        out.update({"outer.params": outer["params"], "outer.buffers": outer["buffers"]})
-        out.update({f"outer.momentum{i}": s["momentum_buffer"] for i, s in outer["optimizer"]["state"].items()})
-    return out
-
-
 @pytest.mark.parametrize(("case", "exchange"), [(c, e) for c in sorted(CASES) for e in ("collective", "filesystem")
                                                if e == "collective" or c not in COLLECTIVE_ONLY])
 def test_resume_is_bit_identical(tmp_path: Path, exchange: str, case: str) -> None:
     args, base = [*SCHEDULE, *CASES[case], f"distill.exchange={exchange}"], BASE.get(case, FAST)
-    straight = state(train(tmp_path / "straight", 40, args, base))
-    train(tmp_path / "resumed", 20, args, base)
-    resumed = train(tmp_path / "resumed", 40, args, base)
+    straight = trained_state(train_for(tmp_path / "straight", 40, args, base))
+    train_for(tmp_path / "resumed", 20, args, base)
+    resumed = train_for(tmp_path / "resumed", 40, args, base)
     assert resumed.start_step == 20
-    after = state(resumed)
+    after = trained_state(resumed)
     assert after.keys() == straight.keys()
     assert all(torch.equal(after[k], straight[k]) for k in after), [k for k in after if not torch.equal(after[k], straight[k])]
 
 
 def test_checkpoints_are_atomic_weights_only_and_pruned(tmp_path: Path) -> None:
-    train(tmp_path, 30, [*SCHEDULE, "trainer.checkpoint_keep=2"])
+    train_for(tmp_path, 30, [*SCHEDULE, "trainer.checkpoint_keep=2"])
     kept = checkpoint.complete_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in kept] == ["step000000030", "step000000020"]
     assert not list((tmp_path / "checkpoints").rglob("*.tmp"))
@@ -96,5 +76,5 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkey
     assert not (tmp_path / "checkpoints" / "step000000020").exists()
     assert not list(tmp_path.rglob("*.tmp"))
     assert checkpoint.find_resume("auto", tmp_path) == tmp_path / "checkpoints" / "step000000010"
-    resumed = train(tmp_path, 30, SCHEDULE)  # the previous checkpoint loads and the run goes on
+    resumed = train_for(tmp_path, 30, SCHEDULE)  # the previous checkpoint loads and the run goes on
     assert resumed.start_step == 10
