@@ -133,12 +133,7 @@ def decoder_child(spec: dict) -> dict:
         with torch.no_grad():
             student(x)
 
-    base = start_peak()
-    times = [cpu_seconds(step) for _ in range(spec["repeats"] + 1)][1:]
-    out = {"peak_gb": (status_kb("VmHWM") - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
-    if variant == "plain_chunked":
-        out["teacher_fwd_s"] = statistics.median(cpu_seconds(teacher_forward) for _ in range(2))
-    return out
+    return measure(step, teacher_forward, spec["repeats"], variant == "plain_chunked")
 
 
 def child(spec: dict) -> dict:
@@ -177,10 +172,16 @@ def child(spec: dict) -> dict:
             h, w = peers[0] if peers else (hidden.detach(), weight.detach())
             (h @ w.T).max()
 
+    return measure(step, teacher_forward, spec["repeats"], variant == "plain_chunked")
+
+
+def measure(step: Callable[[], None], teacher_forward: Callable[[], None], repeats: int, with_teacher: bool) -> dict:
+    """Peak memory above what exists now and the median CPU seconds of `step` (the first, warm-up call not counted);
+    with_teacher: also one teacher forward's time, for the forward-count bound."""
     base = start_peak()
-    times = [cpu_seconds(step) for _ in range(spec["repeats"] + 1)][1:]
+    times = [cpu_seconds(step) for _ in range(repeats + 1)][1:]
     out = {"peak_gb": (status_kb("VmHWM") - base) * 1e3 / GB, "cpu_s": statistics.median(times)}
-    if variant == "plain_chunked":
+    if with_teacher:
         out["teacher_fwd_s"] = statistics.median(cpu_seconds(teacher_forward) for _ in range(2))
     return out
 
