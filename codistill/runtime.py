@@ -20,6 +20,13 @@ import sys
 from pathlib import Path
 
 PARENT_PID_AT_START = os.getppid()
+
+
+def print_error(message: str) -> None:
+    """Write `codistill: error: <message>` as one write, newline included: ranks share the launcher's stderr, and
+    print()'s separate write of the newline let two ranks' lines run together."""
+    sys.stderr.write(f"codistill: error: {message}\n")
+    sys.stderr.flush()
 _FLOOR = re.compile(r"""["']?torch\s*>=\s*([0-9][0-9.]*)""")
 
 
@@ -54,5 +61,5 @@ def torch_problem(version: str | None = None) -> str | None:
 if __name__ == "__main__":
     problem = torch_problem()
     if problem:
-        print(f"codistill: error: {problem}", file=sys.stderr)
+        print_error(problem)
         sys.exit(2)

@@ -39,7 +39,7 @@ from codistill.errors import (  # noqa: F401  (RunError re-exported: `from codis
     ConfigError, DataFormatError, LocalWorkTimeout, NonFiniteLossError, Preempted, RunError, StartupError, StorageError,
 )
 from codistill.io import checkpoint, trajectory
-from codistill.runtime import torch_problem
+from codistill.runtime import print_error, torch_problem
 from codistill.io.reporting import setup_logging
 from codistill.tools.plot import plot_run_safely
 
@@ -69,7 +69,7 @@ def output_subdir() -> str | None:
 
 
 def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-    print(f"codistill: error: {message}", file=sys.stderr, flush=True)
+    print_error(message)
     sys.exit(2)
 
 

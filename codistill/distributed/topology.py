@@ -28,7 +28,7 @@ import torch.distributed as dist
 from codistill.distributed.failure import FailureBoard, board
 from codistill.distributed.local_work import local_work
 from codistill.errors import ConfigError, StartupError  # noqa: F401  (StartupError re-exported)
-from codistill.runtime import PARENT_PID_AT_START
+from codistill.runtime import PARENT_PID_AT_START, print_error
 
 if TYPE_CHECKING:
     from codistill.config import TopologyConfig
@@ -59,8 +59,7 @@ def die_with_launcher(launcher: int = PARENT_PID_AT_START) -> None:
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
     elif os.getppid() != launcher or not _alive(launcher):  # the agent died before the request took effect
-        print(f"codistill: error: the launcher of this worker (pid {launcher}) died before it started",
-              file=sys.stderr, flush=True)
+        print_error(f"the launcher of this worker (pid {launcher}) died before it started")
         os._exit(1)
 
 
@@ -357,7 +356,7 @@ class Topology:
         first = self.failures.first_failure(line, error)
         # printed before anything else can go wrong (tearing the groups down, the agent's SIGTERM once a peer has
         # exited): every rank gets its line out; the store's host (rank 0) then waits for every rank's line
-        print(f"codistill: error: {first}", file=sys.stderr, flush=True)
+        print_error(first)
         self.failures.acknowledge()
         self.shutdown(clean=False)
         return first
