@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 AUTO_MIN_VOCAB = 8192  # loss.chunk_tokens=null chunks when the output has at least this many classes
 AUTO_CHUNK = 1024  # ... into chunks of this many tokens
+SUB_BLOCKS = 8  # the distillation term works on 1/SUB_BLOCKS of a chunk's rows at a time (see _distill_rows)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,6 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
               if fused and head.bias is not None and head.bias.requires_grad else None)
     ce = torch.zeros(y.shape[:lead], device=y.device)
     distill = torch.zeros_like(ce)
-    T = spec.temperature
     weight = head.weight.detach().float() if fused else None
     with torch.no_grad():
         for start in range(0, n, chunk):
@@ -140,15 +140,20 @@ def chunked_loss(student: Prediction, teachers: list[Prediction], y: torch.Tenso
             log_p = F.log_softmax(z, dim=-1)
             ce += -(log_p.gather(-1, yc.unsqueeze(-1)).squeeze(-1) * w).sum(-1)
             if teachers:
-                log_q = log_p if T == 1 or spec.psi != "kl" else F.log_softmax(z / T, dim=-1)
-                z = z if spec.psi == "logit_mse" else None  # kl no longer needs it: free it before the peers'
-                peers = ((chunk_logits(t, sl), owns(t)) for t in teachers)
-                d, dz = _distill_chunk(z, log_p, log_q, peers, len(teachers), spec)
-                del log_q
-                distill += (d * w).sum(-1)
+                if spec.psi == "kl":
+                    del z  # kl needs only log_p: free the logits before the peers'
+                rows = max(1, (sl.stop - sl.start) // SUB_BLOCKS)
+                for a in range(0, sl.stop - sl.start, rows):
+                    sub = slice(a, min(a + rows, sl.stop - sl.start))
+                    glob = slice(sl.start + sub.start, sl.start + sub.stop)
+                    peers = ((chunk_logits(t, glob), owns(t)) for t in teachers)
+                    z_sub = z[..., sub, :] if spec.psi == "logit_mse" else None
+                    d = _distill_rows(z_sub, log_p[..., sub, :], peers, len(teachers), spec)
+                    distill += (d * w[..., sub]).sum(-1)
+                dz = log_p  # _distill_rows turned it into p + alpha dpsi/dz
             else:
                 dz = log_p.exp_()  # p, in place of log_p
-            del z, log_p
+            z = log_p = None
             dz.scatter_add_(-1, yc.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))  # the CE's p - onehot(y)
             dz.mul_(w.unsqueeze(-1))
             if not fused:
@@ -176,43 +181,38 @@ def owns(pred: Prediction) -> bool:
     return isinstance(pred, tuple) or pred.dtype != torch.float32
 
 
-def _softmax_(t: torch.Tensor) -> torch.Tensor:
-    """softmax over the last dimension, in place (one chunk buffer fewer than F.softmax)."""
-    t.sub_(t.amax(-1, keepdim=True)).exp_()
-    return t.div_(t.sum(-1, keepdim=True))
-
-
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v a[..., v] b[..., v], as a batched matmul: no [..., n, V] temporary."""
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
-Peers = Iterator[tuple[torch.Tensor, bool]]  # each peer's chunk logits, and whether they may be overwritten
+Peers = Iterator[tuple[torch.Tensor, bool]]  # each peer's logits of the rows, and whether they may be overwritten
 
 
-def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.Tensor, teachers: Peers, k: int,
-                   spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token psi [..., n] against the k peers' chunk logits (made one at a time, each with whether it may be
-    overwritten), and dz = p + alpha dpsi/dz
-    (unweighted; the caller subtracts onehot(y)). Consumes log_p and log_q (the student's log-softmax at T = 1 and
-    at T) in place; z, the student's logits, is needed by logit_mse only.
+def _distill_rows(z: Optional[torch.Tensor], log_p: torch.Tensor, teachers: Peers, k: int, spec: Any) -> torch.Tensor:
+    """Per-token psi [..., n] of some rows of a chunk against the k peers' logits of those rows (made one peer at a
+    time, each with whether it may be overwritten); turns log_p (the student's log-softmax, a view into the chunk's
+    buffer) in place into dz = p + alpha dpsi/dz (unweighted; the caller subtracts onehot(y)). z, the student's
+    logits of the rows, is needed by logit_mse only.
 
-    kl with mean_probs holds three [n, V] float32 buffers at once (a fused head's peers are softmaxed in place):
-    log_p, the peers' mean and one peer's logits or probabilities; log_q adds one when T != 1.
+    The caller hands over 1/SUB_BLOCKS of a chunk at a time, so the peers' logits, probabilities and mean, and the
+    student's log-softmax at T, are a fraction of a chunk: the distillation term adds no whole-chunk buffer to
+    those of the label loss.
     """
     T, alpha = spec.temperature, spec.alpha
     if spec.psi == "kl":
+        log_q = log_p if T == 1 else F.log_softmax(log_p / T, dim=-1)  # = log_softmax(z / T): the shift cancels
         mean_p: Optional[torch.Tensor] = None
         entropy = torch.zeros_like(log_p[..., 0])  # sum_v p_j log p_j, summed over the peers (mean_kl)
         for t, owned in teachers:
             if T != 1:
-                t, owned = (t.div_(T) if owned else t / T), True
+                t = t.div_(T) if owned else t / T
             if spec.aggregate == "mean_kl":  # sum_v p log p = p . t - logsumexp(t)
                 lse = torch.logsumexp(t, dim=-1, keepdim=True)
                 p = (t - lse).exp_()
                 entropy += _dot(p, t) - lse.squeeze(-1)
             else:
-                p = _softmax_(t) if owned else F.softmax(t, dim=-1)
+                p = F.softmax(t, dim=-1)
             del t
             mean_p = p if mean_p is None else mean_p.add_(p)
             del p  # before the next peer's logits exist
@@ -224,20 +224,21 @@ def _distill_chunk(z: Optional[torch.Tensor], log_p: torch.Tensor, log_q: torch.
             entropy /= k
         per_token = (entropy - _dot(mean_p, log_q)) * T**2
         if T == 1:  # q = p: dz = p + alpha (p - mean_p)
-            dz = log_p.exp_().mul_(1 + alpha).sub_(mean_p, alpha=alpha)
+            log_p.exp_().mul_(1 + alpha).sub_(mean_p, alpha=alpha)
         else:  # dz = p + alpha T (q - mean_p)
-            dz = log_q.exp_().sub_(mean_p).mul_(alpha * T)
-            dz.add_(log_p.exp_())
-        return per_token, dz
+            log_q.exp_().sub_(mean_p).mul_(alpha * T)
+            log_p.exp_().add_(log_q)
+        return per_token
     if spec.psi == "logit_mse":
         mean_t: Optional[torch.Tensor] = None
         squares = torch.zeros_like(log_p[..., 0])  # sum_j 0.5 ||z - t_j||^2 (mean_kl)
-        for t, _ in teachers:
+        for t, owned in teachers:
             if spec.aggregate == "mean_kl":
                 squares += 0.5 * (z - t).pow_(2).sum(-1)
-            mean_t = t.clone() if mean_t is None else mean_t.add_(t)
+            mean_t = (t if owned else t.clone()) if mean_t is None else mean_t.add_(t)
             del t
         diff = mean_t.div_(k).neg_().add_(z)  # z - mean_j t_j: the gradient of either aggregate
         per_token = 0.5 * _dot(diff, diff) if spec.aggregate == "mean_probs" else squares / k
-        return per_token, log_p.exp_().add_(diff, alpha=alpha)
+        log_p.exp_().add_(diff, alpha=alpha)
+        return per_token
     raise ValueError(f"unknown psi {spec.psi!r}")
