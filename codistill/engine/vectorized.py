@@ -192,8 +192,9 @@ class VectorizedGroups:
             ready = [w.teachers.ready for w in self.workers]
             if len({len(r) for r in ready}) != 1:
                 raise RuntimeError("vectorised groups hold different numbers of teacher copies")
-            n = len(ready[0])
+            n = len(ready[0])  # 0 from burn-in's end until the first exchange lands (distill.exchange_delay)
             copies = [w.teachers.models[peers[j]] for j in range(n) for w, peers in zip(self.workers, ready)]
-            self._teachers = (n, {name: torch.stack([m.get_parameter(name) for m in copies]) for name in self.names})
+            self._teachers = (n, {name: torch.stack([m.get_parameter(name) for m in copies]) for name in self.names}
+                              if n else {})
             self._teacher_key = key
         return self._teachers

@@ -63,6 +63,14 @@ def test_low_comm_table_has_every_method_tuned_on_held_out_training_examples(tmp
     assert (tmp_path / "eval_loss.png").stat().st_size > 0
 
 
+def test_exchange_quality_pairs_each_factor_and_reads_bytes_from_the_metrics(tmp_path: Path) -> None:
+    out = smoke("exchange_quality.py", tmp_path, "--seeds", "1", "--codecs", "none", "int8")
+    assert "| independent | - | - | - |" in out and "| codistill | int8 | 4 | 4 |" in out
+    for factor in ("codec int8 vs none | 4 |", "F = 4 vs 1 | 4 |", "tau = 4 vs 0 | 4 |"):
+        assert f"| {factor}" in out
+    assert "| 0.0 |" in out  # independent groups send nothing
+
+
 def test_regime_scripts(tmp_path: Path) -> None:
     """Noisy labels on a subset, the batch sweep, long runs and the K-spike check, one seed each."""
     out = smoke("noisy_labels.py", tmp_path / "noisy", "--seeds", "1", "--noise", "0.4", "--examples", "5000")

@@ -28,7 +28,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("extra", [[], ["distill=dml", "optim=adam", "optim.lr=0.01"]], ids=["codistill-sgd", "dml-adam"])
+@pytest.mark.parametrize("extra", [[], ["distill=dml", "optim=adam", "optim.lr=0.01"],
+                                   ["distill.exchange_delay=3", "distill.snapshot_codec=int8"]],
+                         ids=["codistill-sgd", "dml-adam", "delayed-int8"])  # delayed: no teacher for steps 5-7
 def test_vectorized_equals_the_loop(tmp_path: Path, extra: list[str]) -> None:
     loop = make_trainer([*RUN, *extra], tmp_path / "loop")
     vec = make_trainer([*RUN, *extra, "topology.vectorize=true"], tmp_path / "vec")
