@@ -43,7 +43,7 @@ from codistill.engine import fused_head, vectorized
 from codistill.engine.algorithm import LossSpec, Schedule
 from codistill.engine.checkpointing import Checkpointer
 from codistill.engine.evaluation import Evaluator
-from codistill.engine.exchanging import ExchangeRunner
+from codistill.engine.exchanging import ExchangeRunner, cut
 from codistill.engine.kd import load_teacher
 from codistill.engine.optim import OptimizerFactory
 from codistill.engine.outer import OuterStep
@@ -198,7 +198,10 @@ def build_trainer(cfg: Any, topo: Topology, run_dir: Path, components: Component
         stacked = vectorized.build(topo, workers, options)
     # average, diloco: the outer parameters and their optimizer (codistill/engine/outer.py)
     first = next(iter(workers.values()))
-    outer = OuterStep(d, first.flattener, topo.device) if schedule.averaging else None
+    outer = None
+    if schedule.averaging:
+        bounds = [(f.start, f.stop) for f in cut(first.flattener.entries, d.fragments)]
+        outer = OuterStep(d, first.flattener, topo.device, bounds)
     checkpoints = Checkpointer(run_dir, topo, workers, record, tr.checkpoint_every, tr.checkpoint_keep, outer)
     start_step = checkpoints.resume(tr.resume)
     exchange = ExchangeRunner(d, topo, schedule, workers, outer, plan is not None,

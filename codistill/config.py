@@ -107,10 +107,12 @@ class DistillConfig:
     # float32 scale per row (output channel), ~1/4 of float32's bytes; receivers dequantise into teacher_dtype
     snapshot_codec: str = "none"
     # tau: an exchange launched before step s is loaded before step s + tau (the transfer overlaps tau steps of
-    # training); 0 = loaded at once. Must be < exchange_every.
+    # training); 0 = loaded at once. Must be < exchange_every. diloco/average: Streaming DiLoCo's overlapped
+    # outer step (docs/modes.md)
     exchange_delay: int = 0
     # F: the state travels in F slices cut between modules (balanced by bytes); slice i before the steps s with
-    # s mod K = i K / F, so peak bytes per exchange fall by F. F must divide exchange_every.
+    # s mod K = i K / F, so peak bytes per exchange fall by F. F must divide exchange_every. diloco/average: one
+    # outer step per fragment (Streaming DiLoCo)
     fragments: int = 1
     # kd: a frozen teacher loaded once from a final.pt this trainer wrote (model + config), or from any state_dict
     # of the conf/model preset named by teacher_model (which, when set, also overrides the checkpoint's config)
@@ -261,10 +263,6 @@ def _validate_exchange(dist: Any) -> None:
            "an exchange must land before the next one is launched")
     _check(dist.fragments >= 1 and dist.exchange_every % dist.fragments == 0,
            f"distill.fragments={dist.fragments} must be >= 1 and divide distill.exchange_every={dist.exchange_every}")
-    if dist.mode in OUTER_MODES:
-        _check(dist.fragments == 1 and dist.exchange_delay == 0,
-               f"distill.mode={dist.mode} takes its outer step on the whole state at once: distill.fragments and "
-               "distill.exchange_delay (Streaming DiLoCo) are not supported, leave them at 1 and 0")
     _check(dist.fragments == 1 or dist.exchange == "collective",
            f"distill.fragments={dist.fragments} needs distill.exchange=collective (the filesystem exchange moves "
            "whole snapshots)")

@@ -106,6 +106,7 @@ def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
         out.update({f"g{g}.teacher{p}.step": torch.tensor(c["step"]) for p, c in w.teachers.state_dict().items()})
     if trainer.outer is not None:
         outer = trainer.outer.state_dict()
-        out.update({"outer.params": outer["params"], "outer.buffers": outer["buffers"]})
-        out.update({f"outer.momentum{i}": s["momentum_buffer"] for i, s in outer["optimizer"]["state"].items()})
+        for i, (params, buffers, opt) in enumerate(zip(outer["params"], outer["buffers"], outer["optimizers"])):
+            out.update({f"outer{i}.params": params, f"outer{i}.buffers": buffers})
+            out.update({f"outer{i}.momentum{k}": s["momentum_buffer"] for k, s in opt["state"].items()})
     return out

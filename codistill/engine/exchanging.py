@@ -28,7 +28,7 @@ from codistill.distributed.exchange import CollectiveExchange, Exchange, Filesys
 from codistill.distributed.exchange.base import Done, InFlight, StateLayout
 from codistill.distributed.exchange.codecs import Codec, RowLayout
 from codistill.distributed.exchange.collective import rank_traffic
-from codistill.distributed.exchange.fragments import FragmentError, due, split
+from codistill.distributed.exchange.fragments import Entries, Fragment, FragmentError, due, split
 from codistill.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,6 +46,14 @@ def known_layouts(workers: dict[int, Any], groups: int) -> dict[int, list]:
         out.update({p: list(e) for p, e in w.teachers.layouts().items()})
     first = next(iter(out.values()))
     return {g: out.get(g, first) for g in range(groups)}
+
+
+def cut(entries: Entries, count: int) -> list[Fragment]:
+    """distill.fragments=`count` slices of a state with these flattener entries; too few modules is a ConfigError."""
+    try:
+        return split(entries, count)
+    except FragmentError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -67,10 +75,7 @@ class ExchangeRunner:
         self.delay, self.every, self.count = d.exchange_delay, d.exchange_every, d.fragments
         self.wire = next(iter(workers.values())).flattener.dtype  # the dtype states are flattened in
         layouts = known_layouts(workers, topo.groups)
-        try:
-            self.fragments = {g: split(e, self.count) for g, e in layouts.items()}
-        except FragmentError as e:
-            raise ConfigError(str(e)) from None
+        self.fragments = {g: cut(e, self.count) for g, e in layouts.items()}
         self.sizes = [[self.codec.payload_bytes(self.fragments[g][i].layout, self.wire) for g in range(topo.groups)]
                       for i in range(self.count)]
         self.filesystem = d.exchange == "filesystem"
@@ -82,16 +87,22 @@ class ExchangeRunner:
     # --- the schedule ---------------------------------------------------------------------------------------------
     def due(self, step: int) -> list[int]:
         """Fragments launched before `step`."""
-        if self.schedule.averaging:
-            return [0] if self.schedule.exchange_before(step) else []
+        burn_in = self.schedule.burn_in_steps
+        if self.schedule.averaging:  # outer steps: every fragment before each step through burn-in, then staggered
+            return list(range(self.count)) if step <= burn_in else due(step, burn_in, self.every, self.count)
         if not (self.schedule.exchanging and self.schedule.distilling(step)):
             return []
-        return due(step, self.schedule.burn_in_steps, self.every, self.count)
+        return due(step, burn_in, self.every, self.count)
+
+    def lands(self, step: int) -> int:
+        """When an exchange launched before `step` lands: tau steps later, except the outer modes' start and
+        every-step warm-up (the groups must start from one state and average synchronously)."""
+        return step if self.schedule.averaging and step <= self.schedule.burn_in_steps else step + self.delay
 
     def before_step(self, step: int) -> None:
         self._land_due(step)
         for i in self.due(step):
-            self.launch(step, i, step + self.delay)
+            self.launch(step, i, self.lands(step))
             log.debug("exchange at step %d", step)
         self._land_due(step)
 
@@ -114,8 +125,9 @@ class ExchangeRunner:
             local[g] = w.flattener.flatten(w.model, f.first, f.last)
         codec = self.codec
         if self.outer is not None:
-            codec = self.codec if self.outer.started else self.raw  # the first outer exchange: group 0's exact state
-            local = self.outer.payload(local)
+            # the first outer exchange of a fragment: group 0's exact state
+            codec = self.codec if self.outer.started[fragment] else self.raw
+            local = self.outer.payload(fragment, local)
         payloads = {g: codec.encode(flat, self.fragments[g][fragment].layout) for g, flat in local.items()}
         sizes = [codec.payload_bytes(self.fragments[g][fragment].layout, next(iter(local.values())).dtype)
                  for g in range(self.topo.groups)]
@@ -151,13 +163,14 @@ class ExchangeRunner:
         """diloco, average: every group continues from the new outer state (its inner optimizer state stays its own,
         as in DiLoCo and PeriodicModelAverager); before step 0 from group 0's, as DDP starts from rank 0's."""
         assert self.outer is not None
-        started = self.outer.started
-        codec, wire = (self.codec, self.outer.dtype) if started else (self.raw, torch.float32)
-        layout = self.fragments[0][0].layout
-        state = self.outer.update([self._decode(snapshots[g], layout, torch.float32, codec, wire)
-                                   for g in sorted(snapshots)])
-        for w in self.workers.values():
-            w.flattener.load(w.model, state)
+        i = flight.fragment
+        codec, wire = (self.codec, self.outer.dtype) if self.outer.started[i] else (self.raw, torch.float32)
+        layout = self.fragments[0][i].layout
+        state = self.outer.update(i, [self._decode(snapshots[g], layout, torch.float32, codec, wire)
+                                      for g in sorted(snapshots)])
+        for g, w in self.workers.items():
+            f = self.fragments[g][i]
+            w.flattener.load(w.model, state, f.first, f.last)
 
     # --- bytes ------------------------------------------------------------------------------------------------------
     def _count_launch(self, payloads: dict[int, torch.Tensor], sizes: list[int]) -> None:

@@ -17,11 +17,19 @@ running statistic has no gradient to take momentum over.
 The pseudo-gradients travel through the run's exchange (an all-gather along the group dimension; each rank's
 shard of them with topology.strategy=fsdp), and the mean is summed in float32 in group order on every rank, so
 simulated mode and torchrun compute the same outer step.
+
+Streaming DiLoCo (Douillard et al. 2025): with distill.fragments=F the outer state is F slices cut between modules,
+each with its own outer optimizer (its own momentum), stepped on its own staggered schedule (fragment i before the
+steps s with s mod K = i K / F, codistill/distributed/exchange/fragments.py). With distill.exchange_delay=tau the
+pseudo-gradient of a fragment is taken when its exchange is launched and the outer step is applied when it lands,
+tau steps later: the fragment's parameters are then replaced by the new outer ones (the tau steps of local progress
+on that fragment are dropped, Streaming DiLoCo's merge with alpha = 0), while the all-gather overlaps training.
+F = 1 and tau = 0 is DiLoCo, on the same code path.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -42,59 +50,72 @@ def hyperparameters(distill: DistillConfig) -> tuple[float, float, bool]:
 
 
 class OuterStep:
-    """The outer parameters and their optimizer, on this process (the same on every group of a replica index)."""
+    """The outer parameters and their optimizers, on this process (the same on every group of a replica index)."""
 
-    def __init__(self, distill: DistillConfig, flattener: StateFlattener, device: torch.device) -> None:
-        """`flattener`: a local group's student's flattener (every group has this architecture)."""
+    def __init__(self, distill: DistillConfig, flattener: StateFlattener, device: torch.device,
+                 bounds: Sequence[tuple[int, int]]) -> None:
+        """`flattener`: a local group's student's flattener (every group has this architecture). `bounds`: each
+        fragment's [start, stop) in its flat state (one fragment, the whole state, without distill.fragments)."""
         self.lr, self.momentum, self.nesterov = hyperparameters(distill)
         self.dtype = DTYPES[distill.outer_dtype]
-        self.is_param = torch.cat([torch.full((n,), is_param, dtype=torch.bool)  # a tied weight is one parameter
-                                   for (_, _, n), is_param in zip(flattener.entries, flattener.is_param)]).to(device)
-        self.params = torch.zeros(int(self.is_param.sum()), device=device)  # the outer parameters
-        self.buffers = torch.zeros(flattener.numel - self.params.numel(), device=device)  # averaged buffers
-        self.optimizer = torch.optim.SGD([self.params], lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
-        self.started = False
+        is_param = torch.cat([torch.full((n,), p, dtype=torch.bool)  # a tied weight is one parameter
+                              for (_, _, n), p in zip(flattener.entries, flattener.is_param)]).to(device)
+        self.is_param = [is_param[a:b] for a, b in bounds]
+        self.params = [torch.zeros(int(m.sum()), device=device) for m in self.is_param]  # the outer parameters
+        self.buffers = [torch.zeros(m.numel() - p.numel(), device=device)  # averaged buffers
+                        for m, p in zip(self.is_param, self.params)]
+        self.optimizers = [torch.optim.SGD([p], lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
+                           for p in self.params]
+        self.started = [False] * len(bounds)
 
-    def state(self) -> torch.Tensor:
-        """The outer state as one flat vector in the flattener's order (what every group loads)."""
-        flat = torch.empty(self.is_param.numel(), device=self.params.device)
-        flat[self.is_param] = self.params
-        flat[~self.is_param] = self.buffers
+    def state(self, fragment: int) -> torch.Tensor:
+        """The outer state of one fragment as a flat vector in the flattener's order (what every group loads)."""
+        mask = self.is_param[fragment]
+        flat = torch.empty(mask.numel(), device=mask.device)
+        flat[mask] = self.params[fragment]
+        flat[~mask] = self.buffers[fragment]
         return flat
 
-    def payload(self, local: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    def payload(self, fragment: int, local: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """What each local group sends: before the start its whole float32 state, then its delta in outer_dtype."""
-        if not self.started:
+        if not self.started[fragment]:
             return local
-        outer = self.state()
+        outer = self.state(fragment)
         return {g: (outer - flat.float()).to(self.dtype) for g, flat in local.items()}
 
     @torch.no_grad()
-    def update(self, gathered: list[torch.Tensor]) -> torch.Tensor:
+    def update(self, fragment: int, gathered: list[torch.Tensor]) -> torch.Tensor:
         """Take the outer step from every group's payload (in group order); return the state every group loads."""
-        if not self.started:  # all groups start from group 0's initialisation, as DDP starts from rank 0's
+        mask, params, buffers = self.is_param[fragment], self.params[fragment], self.buffers[fragment]
+        if not self.started[fragment]:  # all groups start from group 0's initialisation, as DDP starts from rank 0's
             first = gathered[0].float()
-            self.params.copy_(first[self.is_param])
-            self.buffers.copy_(first[~self.is_param])
-            self.started = True
-            return self.state()
+            params.copy_(first[mask])
+            buffers.copy_(first[~mask])
+            self.started[fragment] = True
+            return self.state(fragment)
         delta = torch.stack([t.float() for t in gathered]).mean(0)
-        self.params.grad = delta[self.is_param]
-        self.optimizer.step()
-        self.params.grad = None
-        self.buffers.sub_(delta[~self.is_param])
-        return self.state()
+        params.grad = delta[mask]
+        self.optimizers[fragment].step()
+        params.grad = None
+        buffers.sub_(delta[~mask])
+        return self.state(fragment)
 
     def state_dict(self) -> dict:
-        return {"params": self.params.cpu().clone(), "buffers": self.buffers.cpu().clone(), "started": self.started,
-                "optimizer": self.optimizer.state_dict()}
+        return {"params": [p.cpu().clone() for p in self.params], "buffers": [b.cpu().clone() for b in self.buffers],
+                "started": list(self.started), "optimizers": [o.state_dict() for o in self.optimizers]}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        if state["params"].shape != self.params.shape or state["buffers"].shape != self.buffers.shape:
-            raise ValueError(f"its outer state holds {state['params'].numel()} parameters, this model has "
-                             f"{self.params.numel()}")
-        self.params.copy_(state["params"])
-        self.buffers.copy_(state["buffers"])
-        self.started = bool(state["started"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not isinstance(state["params"], list):
+            raise ValueError("its outer state predates streaming fragments: resume with the version that wrote it "
+                             "or trainer.resume=never")
+        shapes = lambda ts: [t.shape for t in ts]  # noqa: E731
+        if shapes(state["params"]) != shapes(self.params) or shapes(state["buffers"]) != shapes(self.buffers):
+            raise ValueError(f"its outer state holds {sum(p.numel() for p in state['params'])} parameters in "
+                             f"{len(state['params'])} fragment(s), this run has {sum(p.numel() for p in self.params)} "
+                             f"in {len(self.params)}")
+        for mine, saved in [*zip(self.params, state["params"]), *zip(self.buffers, state["buffers"])]:
+            mine.copy_(saved)
+        self.started = list(state["started"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)

@@ -1,4 +1,5 @@
-"""Simulated == torchrun (2 groups x 2 replicas, gloo) with a delayed, fragmented, int8 exchange."""
+"""Simulated == torchrun (2 groups x 2 replicas, gloo) with a delayed, fragmented, int8 exchange: codistillation's
+teacher copies, and Streaming DiLoCo's outer steps."""
 
 import json
 from pathlib import Path
@@ -21,12 +22,18 @@ def traffic(run_dir: Path) -> list[tuple]:
             for r in rows if r.get("group") is not None]
 
 
+# Streaming DiLoCo: outer steps on every fragment before steps 0-5 (warm-up), then per fragment on the schedule above
+MODES = {"codistill": [], "streaming_diloco": ["distill=diloco", "optim.name=adamw", "optim.lr=0.01"]}
+
+
 @pytest.mark.torchrun
-def test_delayed_fragments_simulated_equals_torchrun(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_delayed_fragments_simulated_equals_torchrun(tmp_path: Path, mode: str) -> None:
+    args = [*ARGS, *MODES[mode]]
     dist_dir, sim_dir = tmp_path / "torchrun", tmp_path / "simulated"
-    job = run_torchrun(4, [*ARGS, f"hydra.run.dir={dist_dir}"])
+    job = run_torchrun(4, [*args, f"hydra.run.dir={dist_dir}"])
     assert job.returncode == 0, job.stderr[-3000:]
-    sim = run_cli([*ARGS, "topology.replicas=2", f"hydra.run.dir={sim_dir}"])
+    sim = run_cli([*args, "topology.replicas=2", f"hydra.run.dir={sim_dir}"])
     assert sim.returncode == 0, sim.stderr[-3000:]
     for g in (0, 1):
         assert max_abs_diff(load_final(dist_dir, g), load_final(sim_dir, g)) < 1e-5

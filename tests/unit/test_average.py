@@ -78,6 +78,36 @@ def test_diloco_outer_steps_match_a_hand_computation(tmp_path: Path, outer_dtype
     trainer.close()
 
 
+def test_streaming_diloco_steps_each_fragment_from_its_launch_state_when_it_lands(tmp_path: Path) -> None:
+    """F = 2, tau = 1: fragment 1 leaves before step 2 with the groups' states then, its outer step lands before
+    step 3 and replaces only that fragment, while fragment 0 keeps each group's own progress."""
+    lr, m = 0.7, 0.9
+    trainer = make_trainer([*DILOCO, "distill.burn_in_steps=0", "distill.exchange_every=4", "distill.fragments=2",
+                            "distill.exchange_delay=1"], tmp_path)
+    run = trainer.exchange
+    assert {s: run.due(s) for s in range(9) if run.due(s)} == {0: [0, 1], 2: [1], 4: [0], 6: [1], 8: [0]}
+    assert [run.lands(s) for s in (0, 2, 4)] == [0, 3, 5]  # the start lands at once
+    flat = lambda: [w.flattener.flatten(w.model) for w in trainer.workers.values()]  # noqa: E731
+    f0, f1 = (slice(f.start, f.stop) for f in run.fragments[0])
+    run.before_step(0)
+    outer = flat()[0]
+    _train(trainer, range(2))
+    run.before_step(2)  # fragment 1 launched: the pseudo-gradients of these states
+    launched = flat()
+    delta = torch.stack([outer[f1] - g[f1] for g in launched]).mean(0)
+    assert not torch.equal(launched[0][f1], launched[1][f1])  # it lands before step 3, not at once
+    _train(trainer, range(2, 3))
+    before = flat()
+    run.before_step(3)
+    after = flat()
+    expected = outer[f1] - lr * (1 + m) * delta  # Nesterov SGD, first step: buffer = gradient
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a[f1], expected, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a[f0], b[f0])
+    assert not torch.equal(after[0][f0], after[1][f0])
+    trainer.close()
+
+
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_diloco_at_lr_1_without_momentum_is_average(tmp_path: Path, vectorize: bool) -> None:
     run = ["topology.groups=3", f"topology.vectorize={vectorize}", "trainer.max_steps=12", "distill.burn_in_steps=2",

@@ -130,8 +130,6 @@ CASES = {
                                  "distill.fragments=4 must be >= 1 and divide distill.exchange_every=6"),
     "fragments_more_than_modules": (["distill.exchange_every=10", "distill.fragments=10"],
                                     "distill.fragments=10: the model has only"),
-    "diloco_fragments": (["distill=diloco", "distill.exchange_every=4", "distill.fragments=2"],
-                         "Streaming DiLoCo) are not supported"),
     "exchange_url_package_missing": (["distill.exchange=filesystem", "distill.exchange_dir=gs://bucket/run"],
                                      "needs the gcsfs package: pip install 'codistill[gcs]'"),
     "exchange_url_with_credentials": (["distill.exchange=filesystem", "distill.exchange_dir=s3://key:secret@bucket/r"],

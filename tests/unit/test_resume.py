@@ -20,9 +20,11 @@ CASES = {
     # a user's model (dict output, BatchNorm, dropout) and augmenting dataset, fetched by 2 loader workers per
     # replica: the resumed loaders start at step 20 and draw the same augmentations
     "user_components_2_workers": ["topology.replicas=2", "data.num_workers=2"],
-    # DiLoCo's outer parameters, averaged BatchNorm buffers and outer momentum (bf16 pseudo-gradients, AdamW inside)
-    # must be restored from the checkpoint: at step 20 they come from the outer step before step 18
-    "diloco": ["distill=diloco", "distill.outer_dtype=bfloat16", "optim.name=adamw", "topology.replicas=2"],
+    # Streaming DiLoCo's outer parameters, averaged BatchNorm buffers and outer momentum per fragment (bf16
+    # pseudo-gradients, AdamW inside) must be restored from the checkpoint: fragment 0's outer step launched before
+    # step 18 lands before step 21, so at step 20 it is in flight and travels with the checkpoint
+    "diloco": ["distill=diloco", "distill.outer_dtype=bfloat16", "optim.name=adamw", "topology.replicas=2",
+               "distill.fragments=2", "distill.exchange_delay=3"],
 }
 BASE = {"user_components_2_workers": USER, "diloco": USER}
 COLLECTIVE_ONLY = {"diloco"}  # needs every group at every outer step: the filesystem exchange is refused
