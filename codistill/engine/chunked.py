@@ -218,13 +218,13 @@ def _distill_rows(z: Optional[torch.Tensor], log_p: torch.Tensor, teachers: Peer
             del p  # before the next peer's logits exist
         if k > 1:
             mean_p.div_(k)
-        if spec.aggregate == "mean_probs":
-            entropy = torch.xlogy(mean_p, mean_p).sum(-1)
+        if spec.aggregate == "mean_probs":  # sum_v p̄ log p̄; a probability that underflowed to 0 adds 0 (not nan)
+            entropy = _dot(mean_p, mean_p.clamp_min(torch.finfo(mean_p.dtype).tiny).log_())
         else:
             entropy /= k
         per_token = (entropy - _dot(mean_p, log_q)) * T**2
-        if T == 1:  # q = p: dz = p + alpha (p - mean_p)
-            log_p.exp_().mul_(1 + alpha).sub_(mean_p, alpha=alpha)
+        if T == 1:  # q = p: dz = p + alpha (p - mean_p) = lerp(mean_p, p, 1 + alpha), one pass
+            torch.lerp(mean_p, log_p.exp_(), 1 + alpha, out=log_p)
         else:  # dz = p + alpha T (q - mean_p)
             log_q.exp_().sub_(mean_p).mul_(alpha * T)
             log_p.exp_().add_(log_q)
