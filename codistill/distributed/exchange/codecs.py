@@ -75,15 +75,12 @@ class Codec:
         values = torch.empty(layout.numel, dtype=torch.int8 if self.name == "int8" else torch.float8_e4m3fn,
                              device=flat.device)
         row = 0
-        for offset, rows, cols in layout.blocks:
+        for offset, rows, cols in layout.blocks:  # one temporary per block (x / scale); the rest in place
             x = flat[offset : offset + rows * cols].view(rows, cols).float()
-            scale = x.abs().amax(dim=1, keepdim=True) / limit
+            scale = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).div_(limit)
             q = x / torch.where(scale > 0, scale, torch.ones_like(scale))
-            if self.name == "int8":
-                q = q.round_().clamp_(-127, 127).to(torch.int8)
-            else:
-                q = q.clamp_(-limit, limit).to(torch.float8_e4m3fn)
-            values[offset : offset + rows * cols] = q.reshape(-1)
+            q = q.round_().clamp_(-127, 127) if self.name == "int8" else q.clamp_(-limit, limit)
+            values[offset : offset + rows * cols].view(rows, cols).copy_(q)
             scales[row : row + rows] = scale.reshape(-1)
             row += rows
         return torch.cat([scales.view(torch.uint8), values.view(torch.uint8)])
@@ -104,8 +101,9 @@ class Codec:
         values = payload[split:].view(torch.int8 if self.name == "int8" else torch.float8_e4m3fn)
         out = torch.empty(layout.numel, dtype=dtype, device=payload.device)
         row = 0
-        for offset, rows, cols in layout.blocks:
-            q = values[offset : offset + rows * cols].view(rows, cols).float()
-            out[offset : offset + rows * cols] = (q * scales[row : row + rows, None]).reshape(-1).to(dtype)
+        for offset, rows, cols in layout.blocks:  # int8 x float32 in one pass; float8 has no type promotion
+            q = values[offset : offset + rows * cols].view(rows, cols)
+            q = q if self.name == "int8" else q.float()
+            torch.mul(q, scales[row : row + rows, None], out=out[offset : offset + rows * cols].view(rows, cols))
             row += rows
         return out
