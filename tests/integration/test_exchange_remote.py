@@ -133,23 +133,36 @@ def loaded_from(run_dir: Path, peer: int) -> list[int]:
     return [int(s) for s in re.findall(rf"exchange at step \d+: group {peer} snapshot of step (\d+)", text)]
 
 
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 @pytest.mark.torchrun
 def test_groups_as_separate_jobs_codistill_through_s3(tmp_path: Path, s3_env) -> None:
+    """Group 2 starts first and is killed once groups 0 and 1 hold its snapshot: the jobs' start-up times differ by
+    seconds under load, so without this order a short job could finish before a peer published anything."""
     env = {**clean_env(), **CREDENTIALS, "AWS_ENDPOINT_URL": s3_env}
     url = "s3://codistill-test/jobs"
-    jobs = {g: start_job(g, url, tmp_path / f"group{g}", 2000 if g == 2 else 600, env) for g in range(3)}
+    s3 = s3fs_client()
+
+    def published(g: int) -> bool:
+        try:
+            return any(p.endswith(".json") for p in s3.ls(f"codistill-test/jobs/group{g}", refresh=True))
+        except FileNotFoundError:
+            return False
+
+    jobs = {2: start_job(2, url, tmp_path / "group2", 20000, env)}
     try:
-        s3 = s3fs_client()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # group 2 dies once it has published a snapshot
-            try:
-                if any(p.endswith(".json") for p in s3.ls("codistill-test/jobs/group2", refresh=True)):
-                    break
-            except FileNotFoundError:
-                pass
-            time.sleep(0.2)
+        wait_for(lambda: published(2), "group 2's first snapshot")
+        jobs.update({g: start_job(g, url, tmp_path / f"group{g}", 3000, env) for g in (0, 1)})
+        wait_for(lambda: all((tmp_path / f"group{g}" / "logs").is_dir() and loaded_from(tmp_path / f"group{g}", 2)
+                             for g in (0, 1)), "groups 0 and 1 to load group 2's snapshot")
+        assert jobs[2].poll() is None, "group 2 finished before it could be killed mid-run"
         jobs[2].send_signal(signal.SIGKILL)
-        outs = {g: jobs[g].communicate(timeout=120)[0] for g in (0, 1)}
+        outs = {g: jobs[g].communicate(timeout=180)[0] for g in (0, 1)}
     finally:
         for p in jobs.values():
             if p.poll() is None:
